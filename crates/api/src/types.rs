@@ -1,0 +1,40 @@
+//! JSON bodies of the API.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/vmm.ping` (Cloud Hypervisor's `VmmPingResponse`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmmPingResponse {
+    /// Build identifier.
+    pub build_version: String,
+    /// Release version.
+    pub version: String,
+    /// VMM process ID.
+    pub pid: i64,
+    /// Compiled-in optional features.
+    pub features: Vec<String>,
+}
+
+/// Lifecycle state reported by `vm.info`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VmState {
+    /// Being built (or rebuilt after a reset).
+    Created,
+    /// vCPUs running.
+    Running,
+    /// Stopping.
+    Shutdown,
+}
+
+/// `GET /api/v1/vm.info` (Cloud Hypervisor's `VmInfoResponse`, plus Caravel fields).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VmInfoResponse {
+    /// The VM's configuration as given at start.
+    pub config: serde_json::Value,
+    /// Lifecycle state.
+    pub state: VmState,
+    /// RAM the guest has now (boot RAM plus plugged hotplug memory), bytes.
+    pub memory_actual_size: u64,
+    /// How many times the VM has booted (1 + guest-initiated reboots).
+    pub boot_count: u64,
+}

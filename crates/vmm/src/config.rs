@@ -1,0 +1,123 @@
+//! What to run: the VM configuration as plain data.
+//!
+//! The CLI (crate `caravel`) builds it; `vm.info` reports it as JSON with the
+//! field names of Cloud Hypervisor's `VmConfig` where the feature is the same.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The whole VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmConfig {
+    /// vCPUs.
+    pub cpus: CpusConfig,
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// What the guest boots.
+    pub payload: Payload,
+    /// Where COM1 goes.
+    pub serial: ConsoleConfig,
+    /// Control API socket.
+    pub api_socket: Option<PathBuf>,
+    /// Event log file (JSON lines with timestamps).
+    pub event_monitor: Option<PathBuf>,
+    /// A guest reboot ends Caravel (exit 0) instead of restarting the VM.
+    pub no_reboot: bool,
+}
+
+/// `--cpus`
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    pub boot_vcpus: u8,
+}
+
+/// `--memory`
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Boot RAM in bytes.
+    pub size: u64,
+}
+
+/// What the guest runs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    /// A Linux kernel.
+    Linux(LinuxPayload),
+    /// Raw code for tests: bytes copied to fixed addresses, entered in 64-bit
+    /// long mode (flat segments, identity-mapped 0-4 GiB) at `entry` on vCPU 0.
+    Raw(RawPayload),
+}
+
+/// `--kernel`, `--initramfs`, `--cmdline`
+#[derive(Debug, Clone, Serialize)]
+pub struct LinuxPayload {
+    /// vmlinux (ELF, PVH entry) or bzImage.
+    pub kernel: PathBuf,
+    /// initramfs image.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// A test payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawPayload {
+    /// `(guest-physical address, bytes)` to copy.
+    #[serde(skip)]
+    pub segments: Vec<(u64, Vec<u8>)>,
+    /// Entry point of vCPU 0.
+    pub entry: u64,
+}
+
+/// Where a console device's output goes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "mode", content = "file")]
+pub enum ConsoleConfig {
+    /// Disabled: the device exists but output is dropped.
+    Off,
+    /// Caravel's stdin/stdout (raw mode when stdin is a terminal).
+    Tty,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+impl VmConfig {
+    /// A configuration with the given payload and defaults elsewhere
+    /// (1 vCPU, 512 MiB, serial off).
+    pub fn new(payload: Payload) -> Self {
+        Self {
+            cpus: CpusConfig { boot_vcpus: 1 },
+            memory: MemoryConfig { size: 512 << 20 },
+            payload,
+            serial: ConsoleConfig::Off,
+            api_socket: None,
+            event_monitor: None,
+            no_reboot: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_cloud_hypervisor_names() {
+        let mut c = VmConfig::new(Payload::Linux(LinuxPayload {
+            kernel: "/k".into(),
+            initramfs: None,
+            cmdline: "console=ttyS0".into(),
+        }));
+        c.serial = ConsoleConfig::File("/tmp/s".into());
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["cpus"]["boot_vcpus"], 1);
+        assert_eq!(v["memory"]["size"], 512u64 << 20);
+        assert_eq!(v["payload"]["kernel"], "/k");
+        assert_eq!(v["payload"]["cmdline"], "console=ttyS0");
+        assert_eq!(v["serial"]["mode"], "file");
+        assert_eq!(v["serial"]["file"], "/tmp/s");
+    }
+}

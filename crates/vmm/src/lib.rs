@@ -1,0 +1,27 @@
+//! Caravel's virtual machine monitor core.
+//!
+//! * [`config`]: what to run (plain data, no parsing).
+//! * [`Vm`]: one boot of a VM: KVM objects, guest memory, devices, vCPU threads.
+//! * [`Vmm`]: the lifecycle around it: event loop, console, control API,
+//!   guest reboots (a fresh [`Vm`] per boot), exit reasons.
+
+pub mod api_server;
+pub mod config;
+pub mod console;
+mod error;
+pub mod events;
+pub mod exit;
+pub mod memory;
+mod vcpu;
+mod vm;
+mod vmm;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+pub use error::Error;
+pub use exit::ExitReason;
+pub use vm::{RunningVm, Vm};
+pub use vmm::Vmm;
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,320 @@
+//! One boot of a VM: create the KVM VM, guest memory, devices and vCPUs from a
+//! [`VmConfig`], then run the vCPU threads until something stops them.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arch::x86_64::{acpi, boot, e820, layout, regs};
+use devices::acpi_pm::AcpiPm;
+use devices::i8042::I8042;
+use devices::serial::{SerialDevice, SerialOutput};
+use devices::Bus;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{Payload, VmConfig};
+use crate::events::EventMonitor;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::x86_64::{self as kvm_x86, HostCpu};
+use crate::{memory, Error, Result};
+
+/// A VM built and ready to start.
+///
+/// Field order matters: the vCPU and VM fds must close before guest memory is
+/// unmapped, and Rust drops fields in declaration order.
+pub struct Vm {
+    vcpus: Vec<VcpuFd>,
+    vm_fd: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_input_wanted: Arc<EventFd>,
+    exit: Arc<ExitSignal>,
+    events: Option<Arc<EventMonitor>>,
+    ram_size: u64,
+}
+
+fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<File> {
+    File::open(path)
+        .map_err(|e| Error::config(option, format!("cannot open {}: {e}", path.display())))
+}
+
+impl Vm {
+    /// Builds the VM of `cfg` with COM1's output going to `serial_out`.
+    pub fn new(
+        cfg: &VmConfig,
+        serial_out: SerialOutput,
+        events: Option<Arc<EventMonitor>>,
+    ) -> Result<Self> {
+        let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
+        let nr_vcpus = cfg.cpus.boot_vcpus;
+        let max = kvm.get_max_vcpus().min(254);
+        if nr_vcpus == 0 || usize::from(nr_vcpus) > max {
+            return Err(Error::config(
+                "--cpus",
+                format!("boot={nr_vcpus} is out of range: this host allows 1 to {max} vCPUs"),
+            ));
+        }
+        let vm_fd = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
+        kvm_x86::setup_vm(&kvm, &vm_fd)?;
+
+        let mem_layout = layout::MemoryLayout::new(cfg.memory.size);
+        let memory = memory::create(&mem_layout.ram_ranges())?;
+        memory::register(&vm_fd, &memory)?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+
+        // COM1: interrupt through an irqfd on GSI 4 of the in-kernel IOAPIC.
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+        vm_fd
+            .register_irqfd(&serial_irq, layout::COM1_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial_input_wanted =
+            Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            serial_input_wanted.clone(),
+            serial_out,
+        )));
+        let insert = |bus: &Bus, dev, base: u16, len: u16, what: &str| {
+            bus.insert(dev, u64::from(base), u64::from(len))
+                .map_err(|e| Error::Memory(format!("cannot place {what}: {e}")))
+        };
+        insert(&pio, serial.clone(), layout::COM1_PORT, 8, "COM1")?;
+        insert(
+            &pio,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            layout::I8042_DATA_PORT,
+            5,
+            "i8042",
+        )?;
+        let pm = AcpiPm::new(exit.clone(), acpi::S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
+        insert(
+            &pio,
+            Arc::new(Mutex::new(pm)),
+            layout::ACPI_PM_PORT,
+            layout::ACPI_PM_PORT_LEN,
+            "ACPI PM",
+        )?;
+
+        let (mode, entry) = load_payload(cfg, &memory, &mem_layout)?;
+
+        let host = HostCpu::probe(&kvm)?;
+        let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
+        for id in 0..nr_vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            let boot = (id == 0).then_some((mode, entry));
+            kvm_x86::setup_vcpu(&vcpu, &host, id, nr_vcpus, boot)?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Self {
+            vcpus,
+            vm_fd,
+            memory,
+            pio,
+            mmio,
+            serial,
+            serial_input_wanted,
+            exit,
+            events,
+            ram_size: mem_layout.ram_size(),
+        })
+    }
+
+    /// The port I/O bus (tests add devices here before [`Vm::start`]).
+    pub fn pio_bus(&self) -> &Arc<Bus> {
+        &self.pio
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
+        &self.mmio
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(mut self) -> Result<RunningVm> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            let ctx = VcpuContext {
+                id: id as u8,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                exit: self.exit.clone(),
+                stop: stop.clone(),
+                events: self.events.clone(),
+            };
+            match vcpu::spawn(fd, ctx) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stop.store(true, Ordering::Release);
+                    vcpu::stop_all(handles);
+                    return Err(Error::io("cannot start a vCPU thread")(e));
+                }
+            }
+        }
+        Ok(RunningVm {
+            handles,
+            stop,
+            vm: self,
+        })
+    }
+}
+
+/// Loads the kernel (or raw test code) and writes every boot structure.
+fn load_payload(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mem_layout: &layout::MemoryLayout,
+) -> Result<(regs::EntryMode, u64)> {
+    let acpi_tables = acpi::build(&acpi::AcpiConfig {
+        nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
+        ..Default::default()
+    })
+    .map_err(|e| Error::Memory(e.to_string()))?;
+    let too_small = |what: &str| {
+        Error::config(
+            "--memory",
+            format!(
+                "size={} is too small to hold the {what}",
+                arch::format_size(cfg.memory.size)
+            ),
+        )
+    };
+    acpi_tables
+        .write(mem)
+        .map_err(|_| too_small("ACPI tables"))?;
+
+    match &cfg.payload {
+        Payload::Raw(raw) => {
+            regs::write_boot_tables(mem, regs::EntryMode::Linux64)
+                .map_err(|_| too_small("page tables"))?;
+            for (addr, bytes) in &raw.segments {
+                mem.write_slice(bytes, GuestAddress(*addr))
+                    .map_err(|_| too_small("test code"))?;
+            }
+            Ok((regs::EntryMode::Linux64, raw.entry))
+        }
+        Payload::Linux(linux) => {
+            let mut kernel_file = open_payload_file(&linux.kernel, "--kernel")?;
+            let kernel = boot::load_kernel(mem, &mut kernel_file).map_err(|e| match e {
+                boot::BootError::KernelTooBig(m) => Error::config(
+                    "--memory",
+                    format!("the kernel does not fit ({m}); give the guest more memory"),
+                ),
+                e => Error::config("--kernel", format!("{}: {e}", linux.kernel.display())),
+            })?;
+            let initramfs = match &linux.initramfs {
+                Some(path) => {
+                    let mut f = open_payload_file(path, "--initramfs")?;
+                    Some(
+                        boot::load_initramfs(mem, mem_layout, &kernel, &mut f)
+                            .map_err(|e| Error::config("--initramfs", e.to_string()))?,
+                    )
+                }
+                None => None,
+            };
+            boot::write_cmdline(mem, &linux.cmdline, kernel.cmdline_max())
+                .map_err(|e| Error::config("--cmdline", e.to_string()))?;
+            regs::write_boot_tables(mem, kernel.mode).map_err(|_| too_small("page tables"))?;
+            let map = e820::build(mem_layout);
+            let info = boot::BootInfo {
+                kernel: &kernel,
+                cmdline_len: linux.cmdline.len(),
+                initramfs,
+                e820: &map,
+                rsdp: acpi_tables.rsdp_addr(),
+            };
+            match kernel.mode {
+                regs::EntryMode::Pvh => boot::write_pvh_start_info(mem, &info),
+                regs::EntryMode::Linux64 => boot::write_zero_page(mem, &info),
+            }
+            .map_err(|e| Error::Memory(e.to_string()))?;
+            Ok((kernel.mode, kernel.entry))
+        }
+    }
+}
+
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    handles: Vec<VcpuHandle>,
+    stop: Arc<AtomicBool>,
+    vm: Vm,
+}
+
+impl RunningVm {
+    /// The eventfd that becomes readable when the VM wants to stop.
+    pub fn exit_event(&self) -> &EventFd {
+        self.vm.exit.event()
+    }
+
+    /// The reason recorded so far, if any.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.vm.exit.get()
+    }
+
+    /// Asks the VM to stop with `reason` (unless it already has one).
+    pub fn request_exit(&self, reason: ExitReason) {
+        self.vm.exit.set(reason);
+    }
+
+    /// COM1, for feeding input.
+    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.vm.serial
+    }
+
+    /// Becomes readable when COM1's receive FIFO has drained.
+    pub fn serial_input_wanted(&self) -> &EventFd {
+        &self.vm.serial_input_wanted
+    }
+
+    /// Boot RAM in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.vm.ram_size
+    }
+
+    /// The VM (buses, memory) while it runs.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Stops all vCPUs and returns why the VM stopped.
+    pub fn stop(self) -> ExitReason {
+        self.stop.store(true, Ordering::Release);
+        vcpu::stop_all(self.handles);
+        self.vm.exit.get().unwrap_or(ExitReason::Shutdown)
+    }
+
+    /// Blocks until the VM wants to stop, then stops it (tests use this).
+    pub fn wait(self, timeout: std::time::Duration) -> ExitReason {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.vm.exit.get().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if self.vm.exit.get().is_none() {
+            self.vm
+                .exit
+                .set(ExitReason::Crash(format!("test timeout after {timeout:?}")));
+        }
+        self.stop()
+    }
+}

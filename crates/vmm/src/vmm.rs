@@ -1,0 +1,264 @@
+//! The lifecycle around VMs: console, control API, signals and reboots.
+//!
+//! The VMM thread runs an epoll loop over the VM's exit event, stdin (when
+//! COM1 is on the terminal), the serial FIFO's "drained" event, the API's
+//! command queue and the termination-signal event. A guest reset builds a
+//! fresh [`Vm`] from the same configuration unless `no_reboot` is set.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use api::http::Response;
+use api::types::VmState;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::register_signal_handler;
+
+use crate::api_server::{ApiCommand, ApiCommands, ApiServer, ApiShared};
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::console::{self, RawTerminal};
+use crate::events::EventMonitor;
+use crate::exit::ExitReason;
+use crate::vm::{RunningVm, Vm};
+use crate::{Error, Result};
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_STDIN: u64 = 2;
+const TOKEN_SERIAL_WANTED: u64 = 3;
+const TOKEN_API: u64 = 4;
+const TOKEN_SIGNAL: u64 = 5;
+
+/// Raw fd of the eventfd that termination signals write to (-1: none).
+static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = SIGNAL_EVENT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `fd` is an eventfd that lives
+        // as long as the process (it is leaked on purpose), and the buffer is
+        // a valid 8-byte value on this stack frame.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Runs VMs for one configuration until the guest powers off, the host asks
+/// it to stop, or it crashes.
+pub struct Vmm {
+    config: VmConfig,
+    signal_event: Option<Arc<EventFd>>,
+}
+
+impl Vmm {
+    /// A VMM for `config`.
+    pub fn new(config: VmConfig) -> Self {
+        Self {
+            config,
+            signal_event: None,
+        }
+    }
+
+    /// Makes SIGTERM, SIGINT and SIGHUP stop the VM cleanly (for the
+    /// `caravel` binary; libraries and tests leave signals alone).
+    pub fn handle_termination_signals(&mut self) -> Result<()> {
+        let evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
+        // The handler may run at any time until exit: keep the fd open forever.
+        let fd = evt.as_raw_fd();
+        std::mem::forget(evt.try_clone().map_err(Error::io("eventfd"))?);
+        SIGNAL_EVENT_FD.store(fd, Ordering::Relaxed);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            register_signal_handler(sig, on_terminate).map_err(|e| {
+                Error::io("cannot install a signal handler")(std::io::Error::from_raw_os_error(
+                    e.errno(),
+                ))
+            })?;
+        }
+        self.signal_event = Some(evt);
+        Ok(())
+    }
+
+    /// Boots the guest (again after each guest reset unless `no_reboot`) and
+    /// returns the final exit reason.
+    pub fn run(self) -> Result<ExitReason> {
+        let cfg = &self.config;
+        let events = match &cfg.event_monitor {
+            Some(p) => Some(Arc::new(EventMonitor::create(p).map_err(|e| {
+                Error::config(
+                    "--event-monitor",
+                    format!("cannot create {}: {e}", p.display()),
+                )
+            })?)),
+            None => None,
+        };
+        let emit = |event: &str, props: Option<serde_json::Value>| {
+            if let Some(ev) = &events {
+                ev.emit("vmm", event, props);
+            }
+        };
+        emit("starting", None);
+
+        let shared = Arc::new(Mutex::new(ApiShared {
+            state: VmState::Created,
+            boot_count: 0,
+            memory_actual_size: cfg.memory.size,
+            config: serde_json::to_value(cfg).unwrap_or_default(),
+        }));
+        // Declared before the terminal guard so the socket is removed last
+        // but the terminal is restored even if the server fails to stop.
+        let api = match &cfg.api_socket {
+            Some(path) => Some(ApiServer::start(path, shared.clone())?),
+            None => None,
+        };
+        let (_api_server, api_commands) = match api {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
+        let _raw = (cfg.serial == ConsoleConfig::Tty).then(RawTerminal::enter);
+
+        loop {
+            let out = console::open_output(&cfg.serial, "--serial")?;
+            let vm = Vm::new(cfg, out, events.clone())?;
+            {
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                s.state = VmState::Running;
+                s.boot_count += 1;
+            }
+            emit(
+                "booting",
+                Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
+            );
+            let running = vm.start()?;
+            let reason = self.event_loop(running, api_commands.as_ref())?;
+            shared.lock().unwrap_or_else(|e| e.into_inner()).state = VmState::Created;
+            match reason {
+                ExitReason::Reset if !cfg.no_reboot => {
+                    emit("reboot", None);
+                    log::info!("guest reset: restarting the VM");
+                    continue;
+                }
+                r => {
+                    shared.lock().unwrap_or_else(|e| e.into_inner()).state = VmState::Shutdown;
+                    emit(
+                        "shutdown",
+                        Some(serde_json::json!({"reason": format!("{r:?}")})),
+                    );
+                    return Ok(r);
+                }
+            }
+        }
+    }
+
+    fn event_loop(&self, running: RunningVm, api: Option<&ApiCommands>) -> Result<ExitReason> {
+        let epoll = Epoll::new().map_err(Error::io("epoll"))?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(running.exit_event().as_raw_fd(), TOKEN_EXIT).map_err(Error::io("epoll"))?;
+        add(
+            running.serial_input_wanted().as_raw_fd(),
+            TOKEN_SERIAL_WANTED,
+        )
+        .map_err(Error::io("epoll"))?;
+        if let Some(api) = api {
+            add(api.wake.as_raw_fd(), TOKEN_API).map_err(Error::io("epoll"))?;
+        }
+        if let Some(sig) = &self.signal_event {
+            add(sig.as_raw_fd(), TOKEN_SIGNAL).map_err(Error::io("epoll"))?;
+        }
+        let stdin = std::io::stdin();
+        let stdin_fd = stdin.as_raw_fd();
+        // Regular files and /dev/null cannot be polled: then there is no input.
+        let mut stdin_polled =
+            self.config.serial == ConsoleConfig::Tty && add(stdin_fd, TOKEN_STDIN).is_ok();
+        let mut stdin_open = stdin_polled;
+        let mut pending_replies = Vec::new();
+
+        let mut events = vec![EpollEvent::default(); 8];
+        while running.exit_reason().is_none() {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STDIN => {
+                        let room = running
+                            .serial()
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .input_room();
+                        if room == 0 {
+                            // Stop polling until the guest drains the FIFO.
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                stdin_fd,
+                                EpollEvent::default(),
+                            );
+                            stdin_polled = false;
+                            continue;
+                        }
+                        let mut buf = [0u8; 64];
+                        match stdin.lock().read(&mut buf[..room.min(64)]) {
+                            Ok(0) | Err(_) => {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    stdin_fd,
+                                    EpollEvent::default(),
+                                );
+                                stdin_polled = false;
+                                stdin_open = false;
+                            }
+                            Ok(n) => {
+                                running
+                                    .serial()
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .enqueue_input(&buf[..n]);
+                            }
+                        }
+                    }
+                    TOKEN_SERIAL_WANTED => {
+                        let _ = running.serial_input_wanted().read();
+                        if stdin_open && !stdin_polled {
+                            stdin_polled = add(stdin_fd, TOKEN_STDIN).is_ok();
+                        }
+                    }
+                    TOKEN_API => {
+                        if let Some(api) = api {
+                            let _ = api.wake.read();
+                            while let Ok((cmd, reply)) = api.rx.try_recv() {
+                                match cmd {
+                                    ApiCommand::Shutdown => {
+                                        running.request_exit(ExitReason::Shutdown);
+                                        pending_replies.push(reply);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    TOKEN_SIGNAL => {
+                        if let Some(sig) = &self.signal_event {
+                            let _ = sig.read();
+                        }
+                        log::info!("termination signal: stopping the VM");
+                        running.request_exit(ExitReason::Shutdown);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let _ = running.exit_event().read();
+        let reason = running.stop();
+        for reply in pending_replies {
+            let _ = reply.send(Response::no_content());
+        }
+        Ok(reason)
+    }
+}

@@ -1,0 +1,315 @@
+//! Tiny assembly guests run by Caravel's VM on the host's /dev/kvm.
+//!
+//! Each test builds a real [`Vm`] (in-kernel irqchip, buses, COM1, i8042,
+//! ACPI PM block, vCPU threads) around a few instructions and checks what the
+//! host saw. Guests use general-purpose registers only. Without /dev/kvm the
+//! tests print why and pass vacuously (the CI machine has /dev/kvm).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use devices::BusDevice;
+use vmm::config::{Payload, RawPayload, VmConfig};
+use vmm::{ExitReason, Vm};
+
+const CODE_ADDR: u64 = 0x10_0000;
+const AP_CODE_ADDR: u64 = 0x1_0000;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+guest_asm::guest_code!(
+    hello,
+    ".code64",
+    "mov dx, 0x3f8",
+    "lea rsi, [rip + 3f]",
+    "mov rcx, 6",
+    "2: lodsb",
+    "out dx, al",
+    "loop 2b",
+    "mov dx, 0x600",
+    "mov al, 0x34", // SLP_EN | S5 << 2
+    "out dx, al",
+    "4: hlt",
+    "jmp 4b",
+    "3: .ascii \"hello\\n\"",
+);
+
+guest_asm::guest_code!(
+    exits,
+    ".code64",
+    "mov dx, 0x510",
+    "mov al, 0x11",
+    "out dx, al",
+    "mov ax, 0x2233",
+    "out dx, ax",
+    "mov eax, 0x44556677",
+    "out dx, eax",
+    "in eax, dx",
+    "mov rdi, 0xd0000000",
+    "mov [rdi], eax",
+    "mov rbx, [rdi + 8]",
+    "mov [rdi + 0x10], rbx",
+    "mov rcx, 0xd8000000",
+    "mov ecx, [rcx]",
+    "mov [rdi + 0x20], ecx",
+    "mov dx, 0x600",
+    "mov al, 0x34",
+    "out dx, al",
+    "2: hlt",
+    "jmp 2b",
+);
+
+guest_asm::guest_code!(
+    smp_bsp,
+    ".code64",
+    "mov dx, 0x3f8",
+    "mov al, 0x42", // 'B'
+    "out dx, al",
+    "mov rdi, 0xfee00000",
+    "mov eax, 0x01000000", // destination APIC ID 1
+    "mov [rdi + 0x310], eax",
+    "mov eax, 0x00004500", // INIT, assert
+    "mov [rdi + 0x300], eax",
+    "mov eax, 0x00004610", // STARTUP, vector 0x10 -> 0x10000
+    "mov [rdi + 0x300], eax",
+    "2: hlt",
+    "jmp 2b",
+);
+
+guest_asm::guest_code!(
+    smp_ap,
+    ".code16",
+    "mov dx, 0x3f8",
+    "mov al, 0x41", // 'A'
+    "out dx, al",
+    "mov dx, 0x600",
+    "mov al, 0x34",
+    "out dx, al",
+    "2: hlt",
+    "jmp 2b",
+);
+
+guest_asm::guest_code!(
+    triple_fault,
+    ".code64",
+    "lidt [rip + 2f]",
+    "ud2",
+    "2: .word 0",
+    ".quad 0",
+);
+
+guest_asm::guest_code!(
+    i8042_reset,
+    ".code64",
+    "mov al, 0xfe",
+    "out 0x64, al",
+    "2: hlt",
+    "jmp 2b"
+);
+
+guest_asm::guest_code!(
+    acpi_reset,
+    ".code64",
+    "mov dx, 0x602",
+    "mov al, 1",
+    "out dx, al",
+    "2: hlt",
+    "jmp 2b"
+);
+
+fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: /dev/kvm is not available to this user");
+    }
+    ok
+}
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `(offset, bytes)` of each write a [`Recorder`] saw.
+type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Records writes; reads return a fixed pattern.
+struct Recorder {
+    writes: WriteLog,
+    read_value: u64,
+}
+
+impl BusDevice for Recorder {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        let bytes = self.read_value.to_le_bytes();
+        data.copy_from_slice(&bytes[..data.len()]);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.writes.lock().unwrap().push((offset, data.to_vec()));
+    }
+}
+
+fn config(vcpus: u8, segments: Vec<(u64, Vec<u8>)>) -> VmConfig {
+    let mut c = VmConfig::new(Payload::Raw(RawPayload {
+        segments,
+        entry: CODE_ADDR,
+    }));
+    c.cpus.boot_vcpus = vcpus;
+    c.memory.size = 64 << 20;
+    c
+}
+
+fn build(cfg: &VmConfig) -> (Vm, Buffer) {
+    let out = Buffer::default();
+    let vm = Vm::new(cfg, Box::new(out.clone()), None).expect("VM builds");
+    (vm, out)
+}
+
+fn text(b: &Buffer) -> String {
+    String::from_utf8_lossy(&b.0.lock().unwrap()).into_owned()
+}
+
+#[test]
+fn serial_output_and_acpi_poweroff() {
+    if !kvm_available() {
+        return;
+    }
+    let (vm, out) = build(&config(1, vec![(CODE_ADDR, hello::code().to_vec())]));
+    let reason = vm.start().unwrap().wait(TIMEOUT);
+    assert_eq!(reason, ExitReason::PowerOff);
+    assert_eq!(text(&out), "hello\n");
+}
+
+#[test]
+fn pio_and_mmio_exits_reach_bus_devices_with_their_widths() {
+    if !kvm_available() {
+        return;
+    }
+    let (vm, _out) = build(&config(1, vec![(CODE_ADDR, exits::code().to_vec())]));
+    let pio_writes = Arc::new(Mutex::new(vec![]));
+    let mmio_writes = Arc::new(Mutex::new(vec![]));
+    vm.pio_bus()
+        .insert(
+            Arc::new(Mutex::new(Recorder {
+                writes: pio_writes.clone(),
+                read_value: 0xa5a5_5a5a,
+            })),
+            0x510,
+            4,
+        )
+        .unwrap();
+    vm.mmio_bus()
+        .insert(
+            Arc::new(Mutex::new(Recorder {
+                writes: mmio_writes.clone(),
+                read_value: 0x0123_4567_89ab_cdef,
+            })),
+            0xd000_0000,
+            0x1000,
+        )
+        .unwrap();
+    assert_eq!(vm.start().unwrap().wait(TIMEOUT), ExitReason::PowerOff);
+    assert_eq!(
+        *pio_writes.lock().unwrap(),
+        vec![
+            (0, vec![0x11]),
+            (0, vec![0x33, 0x22]),
+            (0, vec![0x77, 0x66, 0x55, 0x44])
+        ]
+    );
+    assert_eq!(
+        *mmio_writes.lock().unwrap(),
+        vec![
+            (0, 0xa5a5_5a5au32.to_le_bytes().to_vec()), // the PIO read, echoed
+            (0x10, 0x0123_4567_89ab_cdefu64.to_le_bytes().to_vec()), // the 8-byte MMIO read, echoed
+            (0x20, vec![0xff; 4]),                      // unmapped MMIO reads all ones
+        ]
+    );
+}
+
+#[test]
+fn second_vcpu_starts_on_init_sipi_from_the_first() {
+    if !kvm_available() {
+        return;
+    }
+    let cfg = config(
+        2,
+        vec![
+            (CODE_ADDR, smp_bsp::code().to_vec()),
+            (AP_CODE_ADDR, smp_ap::code().to_vec()),
+        ],
+    );
+    let (vm, out) = build(&cfg);
+    assert_eq!(vm.start().unwrap().wait(TIMEOUT), ExitReason::PowerOff);
+    assert_eq!(text(&out), "BA", "the AP runs only after the BSP's SIPI");
+}
+
+#[test]
+fn triple_fault_is_reported_as_a_crash_with_registers() {
+    if !kvm_available() {
+        return;
+    }
+    let (vm, _out) = build(&config(1, vec![(CODE_ADDR, triple_fault::code().to_vec())]));
+    match vm.start().unwrap().wait(TIMEOUT) {
+        ExitReason::Crash(msg) => {
+            assert!(msg.starts_with("vCPU 0: "), "{msg}");
+            assert!(
+                msg.contains("triple fault") || msg.contains("internal error"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("rip="),
+                "registers are part of the report: {msg}"
+            );
+        }
+        other => panic!("expected a crash, got {other:?}"),
+    }
+}
+
+#[test]
+fn i8042_and_acpi_reset_request_a_reset() {
+    if !kvm_available() {
+        return;
+    }
+    for code in [i8042_reset::code(), acpi_reset::code()] {
+        let (vm, _out) = build(&config(1, vec![(CODE_ADDR, code.to_vec())]));
+        assert_eq!(vm.start().unwrap().wait(TIMEOUT), ExitReason::Reset);
+    }
+}
+
+#[test]
+fn a_halted_guest_is_stopped_on_request() {
+    if !kvm_available() {
+        return;
+    }
+    guest_asm::guest_code!(spin, ".code64", "2: hlt", "jmp 2b");
+    let (vm, _out) = build(&config(2, vec![(CODE_ADDR, spin::code().to_vec())]));
+    let running = vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    running.request_exit(ExitReason::Shutdown);
+    assert_eq!(running.stop(), ExitReason::Shutdown);
+}
+
+#[test]
+fn too_many_vcpus_is_a_config_error() {
+    if !kvm_available() {
+        return;
+    }
+    let err = Vm::new(&config(255, vec![]), Box::new(Buffer::default()), None)
+        .err()
+        .unwrap();
+    assert!(err.is_config_error(), "{err}");
+    assert!(err.to_string().starts_with("--cpus:"), "{err}");
+}
