@@ -42,7 +42,7 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// Neither an ELF nor a bzImage.
-    #[error("not a Linux kernel: neither an ELF vmlinux nor a bzImage ({0})")]
+    #[error("not a Linux kernel: {0}")]
     NotAKernel(String),
     /// A bzImage too old or without a 64-bit entry.
     #[error("bzImage boot protocol {version:#x} with xloadflags {xloadflags:#x} has no 64-bit entry (need protocol >= 2.12 and XLF_KERNEL_64)")]
@@ -124,8 +124,8 @@ pub struct LoadedInitramfs {
     pub size: u64,
 }
 
-/// Loads `kernel` into `mem`: an ELF (PVH entry if it has the note, else its
-/// 64-bit entry with a zero page) or a bzImage (64-bit boot protocol).
+/// Loads `kernel` into `mem`: an ELF vmlinux (entered through its PVH note)
+/// or a bzImage (64-bit boot protocol).
 pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<LoadedKernel, BootError> {
     let mut magic = [0u8; 4];
     kernel
@@ -138,13 +138,16 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<LoadedKer
     if magic == *b"\x7fELF" {
         let r = Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START)))
             .map_err(|e| classify_load_error(e.to_string()))?;
-        let (entry, mode) = match r.pvh_boot_cap {
-            PvhBootCapability::PvhEntryPresent(addr) => (addr.0, EntryMode::Pvh),
-            _ => (r.kernel_load.0, EntryMode::Linux64),
+        // A vmlinux is entered through its PVH note; an ELF without one is not
+        // something we know how to start (and is usually not a kernel at all).
+        let PvhBootCapability::PvhEntryPresent(entry) = r.pvh_boot_cap else {
+            return Err(BootError::NotAKernel(
+                "an ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); use a vmlinux built with CONFIG_PVH=y, or the bzImage".into(),
+            ));
         };
         return Ok(LoadedKernel {
-            entry,
-            mode,
+            entry: entry.0,
+            mode: EntryMode::Pvh,
             end: r.kernel_end,
             setup_header: None,
         });
@@ -183,12 +186,16 @@ fn read_setup_header(kernel: &mut File) -> Result<setup_header, BootError> {
     kernel
         .seek(SeekFrom::Start(0x1f1))
         .and_then(|_| kernel.read_exact(hdr.as_mut_slice()))
-        .map_err(|_| BootError::NotAKernel("file too short for a bzImage header".into()))?;
+        .map_err(|_| {
+            BootError::NotAKernel(
+                "neither an ELF vmlinux nor a bzImage (too short for a bzImage header)".into(),
+            )
+        })?;
     let magic = hdr.0.header;
     let boot_flag = hdr.0.boot_flag;
     if magic != HDR_MAGIC || boot_flag != BOOT_FLAG {
         return Err(BootError::NotAKernel(
-            "no ELF magic and no bzImage 'HdrS' header".into(),
+            "neither an ELF vmlinux nor a bzImage (no ELF magic, no bzImage 'HdrS' header)".into(),
         ));
     }
     Ok(hdr.0)

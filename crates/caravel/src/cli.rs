@@ -1,0 +1,299 @@
+//! `caravel`'s command line, in Cloud Hypervisor's syntax where the feature is
+//! the same, turned into a [`VmConfig`].
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use vmm::config::{ConsoleConfig, CpusConfig, LinuxPayload, MemoryConfig, Payload, VmConfig};
+
+use crate::options::{KeyValues, OptionError};
+
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest boot RAM accepted (the guest-physical layout keeps room above it).
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Command line used when `--cmdline` is not given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+const AFTER_HELP: &str = "\
+Examples:
+  caravel --kernel vmlinux --initramfs initrd.cpio.gz --cmdline \"console=ttyS0\" \\
+          --cpus boot=2 --memory size=512M --api-socket /tmp/caravel.sock
+  caravel-remote --api-socket /tmp/caravel.sock info
+
+Exit status: 0 when the guest powers off (or reboots with --no-reboot) or the
+VM is shut down through the API or SIGTERM; 1 when the guest crashes (triple
+fault, KVM internal error) or Caravel fails; 2 for a bad command line.";
+
+/// Command-line arguments of `caravel`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "caravel",
+    version,
+    about = "Caravel: a KVM virtual machine monitor",
+    long_about = "Caravel boots a Linux guest under KVM: an ELF vmlinux through its PVH entry or a \
+                  bzImage through the 64-bit boot protocol, with an 8250 UART on COM1, ACPI power \
+                  management and a REST control API on a Unix socket.",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Kernel: an ELF vmlinux (booted through its PVH entry when it has one) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// initramfs image (cpio, optionally compressed in a format the kernel supports).
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line [default: "console=ttyS0"].
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+
+    /// vCPUs: boot=N (1 to 254, and at most what the host's KVM allows).
+    #[arg(long, value_name = "boot=N", default_value = "boot=1")]
+    pub cpus: String,
+
+    /// Guest RAM: size=SIZE with a K, M, G or T suffix (at least 16M).
+    #[arg(long, value_name = "size=SIZE", default_value = "size=512M")]
+    pub memory: String,
+
+    /// COM1 output: tty (stdin/stdout; raw mode on a terminal), off, or file=PATH.
+    #[arg(long, value_name = "tty|off|file=PATH", default_value = "tty")]
+    pub serial: String,
+
+    /// Serve the REST control API on this Unix socket (path=PATH or just PATH).
+    #[arg(long, value_name = "path=PATH")]
+    pub api_socket: Option<String>,
+
+    /// Write timestamped lifecycle events (JSON lines) to this file (path=PATH or just PATH).
+    #[arg(long, value_name = "path=PATH")]
+    pub event_monitor: Option<String>,
+
+    /// Exit (status 0) when the guest reboots instead of restarting it.
+    #[arg(long)]
+    pub no_reboot: bool,
+
+    /// More log output (repeat for more: -v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn readable_file(flag: &'static str, path: &Path) -> Result<(), OptionError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::File::open(path)
+            .map(|_| ())
+            .map_err(|e| OptionError::new(flag, format!("cannot open {}: {e}", path.display()))),
+        Ok(_) => Err(OptionError::new(
+            flag,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(OptionError::new(
+            flag,
+            format!("cannot open {}: {e}", path.display()),
+        )),
+    }
+}
+
+fn parse_path(flag: &'static str, s: &str) -> Result<PathBuf, OptionError> {
+    let kv = KeyValues::parse(flag, s, &["path"], Some("path"))?;
+    kv.get("path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| OptionError::new(flag, "path=PATH is required"))
+}
+
+/// Parses `--cpus`.
+pub fn parse_cpus(s: &str) -> Result<CpusConfig, OptionError> {
+    let kv = KeyValues::parse("--cpus", s, &["boot"], Some("boot"))?;
+    let boot: u8 = kv.number("boot")?.unwrap_or(1);
+    if !(1..=254).contains(&boot) {
+        return Err(OptionError::new(
+            "--cpus",
+            format!("boot={boot} is out of range (1 to 254)"),
+        ));
+    }
+    Ok(CpusConfig { boot_vcpus: boot })
+}
+
+/// Parses `--memory`.
+pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
+    let kv = KeyValues::parse("--memory", s, &["size"], None)?;
+    let size = kv
+        .size("size")?
+        .ok_or_else(|| OptionError::new("--memory", "size=SIZE is required, e.g. size=512M"))?;
+    if size < MIN_MEMORY {
+        return Err(OptionError::new(
+            "--memory",
+            format!(
+                "size={} is too small (at least 16M)",
+                arch::format_size(size)
+            ),
+        ));
+    }
+    if size > MAX_MEMORY {
+        return Err(OptionError::new(
+            "--memory",
+            format!("size={} does not fit (at most 1T)", arch::format_size(size)),
+        ));
+    }
+    if size % 4096 != 0 {
+        return Err(OptionError::new(
+            "--memory",
+            format!("size={size} is not a multiple of 4K"),
+        ));
+    }
+    Ok(MemoryConfig { size })
+}
+
+/// Parses `--serial` (and later `--console`).
+pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, OptionError> {
+    match s {
+        "tty" => Ok(ConsoleConfig::Tty),
+        "off" | "null" => Ok(ConsoleConfig::Off),
+        _ => {
+            let kv = KeyValues::parse(flag, s, &["file"], None).map_err(|_| {
+                OptionError::new(flag, format!("'{s}' is not tty, off or file=PATH"))
+            })?;
+            match kv.get("file") {
+                Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(p.into())),
+                _ => Err(OptionError::new(flag, "file=PATH needs a path")),
+            }
+        }
+    }
+}
+
+impl Args {
+    /// Checks every option and builds the VM configuration.
+    pub fn to_config(&self) -> Result<VmConfig, OptionError> {
+        readable_file("--kernel", &self.kernel)?;
+        if let Some(p) = &self.initramfs {
+            readable_file("--initramfs", p)?;
+        }
+        let cmdline = self
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if cmdline.len() >= arch::x86_64::layout::CMDLINE_MAX_SIZE {
+            return Err(OptionError::new(
+                "--cmdline",
+                format!(
+                    "{} bytes is too long (at most {})",
+                    cmdline.len(),
+                    arch::x86_64::layout::CMDLINE_MAX_SIZE - 1
+                ),
+            ));
+        }
+        Ok(VmConfig {
+            cpus: parse_cpus(&self.cpus)?,
+            memory: parse_memory(&self.memory)?,
+            payload: Payload::Linux(LinuxPayload {
+                kernel: self.kernel.clone(),
+                initramfs: self.initramfs.clone(),
+                cmdline,
+            }),
+            serial: parse_console("--serial", &self.serial)?,
+            api_socket: self
+                .api_socket
+                .as_deref()
+                .map(|s| parse_path("--api-socket", s))
+                .transpose()?,
+            event_monitor: self
+                .event_monitor
+                .as_deref()
+                .map(|s| parse_path("--event-monitor", s))
+                .transpose()?,
+            no_reboot: self.no_reboot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut v = vec!["caravel", "--kernel", "/proc/self/exe"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v)
+    }
+
+    fn err(extra: &[&str]) -> String {
+        args(extra).unwrap().to_config().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = args(&[]).unwrap().to_config().unwrap();
+        assert_eq!(c.cpus.boot_vcpus, 1);
+        assert_eq!(c.memory.size, 512 << 20);
+        assert_eq!(c.serial, ConsoleConfig::Tty);
+        assert!(!c.no_reboot && c.api_socket.is_none());
+        let Payload::Linux(p) = c.payload else {
+            panic!()
+        };
+        assert_eq!(p.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn full_command_line() {
+        let c = args(&[
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=1G",
+            "--serial",
+            "file=/tmp/x",
+            "--api-socket",
+            "path=/tmp/a.sock",
+            "--event-monitor",
+            "/tmp/ev",
+            "--cmdline",
+            "quiet",
+            "--no-reboot",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!((c.cpus.boot_vcpus, c.memory.size), (2, 1 << 30));
+        assert_eq!(c.serial, ConsoleConfig::File("/tmp/x".into()));
+        assert_eq!(c.api_socket.as_deref(), Some(Path::new("/tmp/a.sock")));
+        assert_eq!(c.event_monitor.as_deref(), Some(Path::new("/tmp/ev")));
+        assert!(c.no_reboot);
+    }
+
+    #[test]
+    fn every_error_names_its_flag() {
+        assert!(err(&["--cpus", "boot=0"]).starts_with("--cpus: boot=0 is out of range"));
+        assert!(err(&["--cpus", "boot=300"]).starts_with("--cpus: boot=300 is not a valid number"));
+        assert!(err(&["--cpus", "max=4"]).starts_with("--cpus: unknown key 'max'"));
+        assert!(err(&["--memory", "size=1M"]).starts_with("--memory: size=1M is too small"));
+        assert!(err(&["--memory", "size=2T"]).starts_with("--memory: size=2T does not fit"));
+        assert!(err(&["--memory", "size=16777217"])
+            .starts_with("--memory: size=16777217 is not a multiple of 4K"));
+        assert!(err(&["--memory", "size=12Q"]).starts_with("--memory: size=12Q: "));
+        assert!(err(&["--memory", "hotplug=1G"]).starts_with("--memory: unknown key"));
+        assert!(
+            err(&["--serial", "pty"]).starts_with("--serial: 'pty' is not tty, off or file=PATH")
+        );
+        assert!(err(&["--serial", "file="]).starts_with("--serial: file=PATH needs a path"));
+        assert!(err(&["--api-socket", "path="]).starts_with("--api-socket: path=PATH is required"));
+        assert!(err(&["--initramfs", "/nonexistent/initrd"])
+            .starts_with("--initramfs: cannot open /nonexistent/initrd"));
+        assert!(err(&["--initramfs", "/"]).starts_with("--initramfs: / is not a regular file"));
+        let long = "x".repeat(3000);
+        assert!(err(&["--cmdline", &long]).starts_with("--cmdline: 3000 bytes is too long"));
+        let e = Args::try_parse_from(["caravel", "--kernel", "/nonexistent"])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("--kernel: cannot open /nonexistent"));
+    }
+
+    #[test]
+    fn clap_rejects_missing_kernel_and_unknown_flags() {
+        assert!(Args::try_parse_from(["caravel"]).is_err());
+        assert!(args(&["--frobnicate"]).is_err());
+    }
+}

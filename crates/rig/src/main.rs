@@ -1,0 +1,99 @@
+//! `caravel-rig`: real-guest scenarios for Caravel, run inside the nested
+//! test VM (see tests/vm/README.md). Prints TAP 13, one test per scenario.
+//!
+//! Usage: `caravel-rig [--bin DIR] [--guest DIR] [--prefix STR] [--list] [SCENARIO...]`
+//! (default: every scenario). Binaries are taken from `--bin` (default
+//! `/bin`), guest kernels and images from `--guest` (default `/guest`).
+
+mod scenarios;
+mod session;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Where things are.
+pub struct Env {
+    /// Directory with caravel, caravel-remote.
+    pub bin: PathBuf,
+    /// Directory with vmlinux, bzImage, initrd.cpio.gz.
+    pub guest: PathBuf,
+    /// Scratch directory.
+    pub tmp: PathBuf,
+}
+
+impl Env {
+    /// Path of a binary.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// Path of a guest file, as a string argument.
+    pub fn guest(&self, name: &str) -> String {
+        self.guest.join(name).display().to_string()
+    }
+}
+
+thread_local! {
+    static PREFIX: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Prints one line of the TAP stream (with the `--prefix`, if any).
+macro_rules! tap {
+    ($($arg:tt)*) => {
+        PREFIX.with(|p| println!("{}{}", p.borrow(), format!($($arg)*)))
+    };
+}
+
+fn main() {
+    let mut env = Env {
+        bin: "/bin".into(),
+        guest: "/guest".into(),
+        tmp: std::env::temp_dir(),
+    };
+    let mut wanted = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bin" => env.bin = args.next().unwrap_or_default().into(),
+            "--guest" => env.guest = args.next().unwrap_or_default().into(),
+            "--prefix" => PREFIX.with(|p| *p.borrow_mut() = args.next().unwrap_or_default()),
+            "--list" => {
+                for s in scenarios::ALL {
+                    println!("{}", s.name);
+                }
+                return;
+            }
+            _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
+        }
+    }
+    let selected: Vec<_> = scenarios::ALL
+        .iter()
+        .filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name))
+        .collect();
+    for w in &wanted {
+        if !scenarios::ALL.iter().any(|s| s.name == w) {
+            eprintln!("caravel-rig: unknown scenario '{w}' (see --list)");
+            std::process::exit(2);
+        }
+    }
+    tap!("TAP version 13");
+    tap!("1..{}", selected.len());
+    let mut failed = 0;
+    for (i, s) in selected.iter().enumerate() {
+        let t0 = Instant::now();
+        let result = (s.run)(&env);
+        let secs = t0.elapsed().as_secs_f64();
+        match result {
+            Ok(detail) => tap!("ok {} {} # {secs:.2} s; {detail}", i + 1, s.name),
+            Err(msg) => {
+                failed += 1;
+                tap!("not ok {} {} # {secs:.2} s", i + 1, s.name);
+                for line in msg.lines() {
+                    tap!("#   {line}");
+                }
+            }
+        }
+    }
+    tap!("# Totals: pass:{} fail:{failed}", selected.len() - failed);
+    std::process::exit(i32::from(failed > 0));
+}

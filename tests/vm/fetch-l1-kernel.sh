@@ -1,0 +1,20 @@
+#!/bin/bash
+# Fetches Debian's 6.1 kernel package for the outer VM: its vmlinux (extracted
+# from the bzImage, which boots about 2 s faster under TCG) and the KVM modules.
+# Usage: fetch-l1-kernel.sh -> prints a directory with vmlinux and mod/*.ko
+source "$(dirname "$0")/lib.sh"
+OUT=$CACHE/l1-$L1_KERNEL_PKG
+if [ -f "$OUT/vmlinux" ] && [ -f "$OUT/mod/kvm-amd.ko" ]; then echo "$OUT"; exit 0; fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+log "downloading $L1_KERNEL_PKG"
+(cd "$TMP" && apt-get download "$L1_KERNEL_PKG" >/dev/null 2>&1) || die "apt-get download $L1_KERNEL_PKG failed (run apt-get update?)"
+dpkg-deb -x "$TMP"/*.deb "$TMP/x"
+KSRC=$CACHE/kbuild-x86_64/linux-source-6.1
+[ -x "$KSRC/scripts/extract-vmlinux" ] || { mkdir -p "$TMP/src"; tar -C "$TMP/src" -xJf "$LINUX_SRC_TARBALL" linux-source-6.1/scripts; KSRC=$TMP/src/linux-source-6.1; }
+mkdir -p "$OUT.tmp/mod"
+"$KSRC/scripts/extract-vmlinux" "$TMP"/x/boot/vmlinuz-* > "$OUT.tmp/vmlinux"
+M=$(echo "$TMP"/x/lib/modules/*/kernel)
+cp "$M/virt/lib/irqbypass.ko" "$M/drivers/crypto/ccp/ccp.ko" "$M/arch/x86/kvm/kvm.ko" "$M/arch/x86/kvm/kvm-amd.ko" "$OUT.tmp/mod/"
+rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
+echo "$OUT"

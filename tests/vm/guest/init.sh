@@ -1,0 +1,35 @@
+#!/bin/busybox sh
+# /init of the rig's guest initramfs. The scenario comes from the kernel
+# command line (caravel.test=NAME); each prints markers the rig waits for.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
+export PATH=/bin
+test=$(sed -n 's/.*caravel\.test=\([^ ]*\).*/\1/p' /proc/cmdline)
+marker() { echo "CARAVEL-MARKER test=$test cpus=$(nproc) uptime=$(cut -d' ' -f1 /proc/uptime)"; }
+case "$test" in
+  marker)
+    marker
+    poweroff -f ;;
+  interactive)
+    # Boot, then obey one command per line from the console (the rig types them).
+    marker
+    while echo "CARAVEL-READY"; read -r cmd; do
+      echo "CARAVEL-GOT $cmd"
+      case "$cmd" in
+        reboot) reboot -f ;;
+        poweroff) poweroff -f ;;
+        *) sh -c "$cmd" 2>&1; echo "CARAVEL-DONE rc=$?" ;;
+      esac
+    done ;;
+  shell)
+    marker
+    echo "Caravel demo guest: a busybox shell on ttyS0. 'poweroff -f' ends the VM."
+    exec setsid cttyhack sh ;;
+  idle)
+    marker
+    while true; do sleep 3600; done ;;
+  *)
+    echo "CARAVEL-UNKNOWN-TEST '$test'"
+    exec sh ;;
+esac

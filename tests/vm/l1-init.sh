@@ -1,0 +1,27 @@
+#!/bin/busybox sh
+# /init of the outer (L1) VM: load KVM, run caravel-rig, report, power off.
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+$B mount -t tmpfs tmp /tmp
+$B mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+export PATH=/bin
+for m in irqbypass ccp kvm kvm-amd; do
+  [ -f /mod/$m.ko ] && { $B insmod /mod/$m.ko || echo "RIG| # insmod $m failed"; }
+done
+args=$($B sed -n 's/.*rig\.args=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -c /dev/kvm ] && $B grep -q 'rig.demo' /proc/cmdline; then
+  echo "Outer VM up; starting: caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M"
+  /bin/caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M \
+    --cmdline "console=ttyS0 caravel.test=shell"
+  echo "caravel exited with status $?"
+elif [ -c /dev/kvm ]; then
+  echo
+  /bin/caravel-rig --prefix "RIG| " $(echo "$args" | $B tr ',' ' ')
+  echo "RIG-END rc=$?"
+else
+  echo "RIG| Bail out! the outer VM has no /dev/kvm (kvm-amd did not load: is SVM enabled in -cpu?)"
+  echo "RIG-END rc=1"
+fi
+$B poweroff -f
