@@ -5,6 +5,7 @@
 #
 # Usage: tests/vm/run.sh [SCENARIO...]   run scenarios (default: all; caravel-rig --list shows them)
 #        tests/vm/run.sh --demo          boot a guest with Caravel and attach its console to this terminal
+#        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 900),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
 source "$(dirname "$0")/lib.sh"
@@ -36,6 +37,13 @@ cp "$KDIR/vmlinux" "$KDIR/bzImage" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
 cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
+if [ "${1:-}" = --bench ]; then
+  # QEMU, its libraries and firmware, to boot the same guest side by side.
+  mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
+  cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
+  for l in $(ldd /usr/bin/qemu-system-x86_64 | grep -o '/[^ ]*'); do mkdir -p "$ROOT$(dirname "$l")"; cp -L "$l" "$ROOT$l"; done
+  cp -rL /usr/share/qemu /usr/share/seabios "$ROOT/usr/share/"
+fi
 (cd "$ROOT" && find . | cpio -o -H newc 2>/dev/null) > "$ROOT.cpio"
 trap 'rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
 
@@ -45,7 +53,7 @@ if [ "${1:-}" = --demo ]; then
     -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo"
   exit $?
 fi
-ARGS=$(IFS=,; echo "$*")
+if [ "${1:-}" = --bench ]; then ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}"; else ARGS=$(IFS=,; echo "$*"); fi
 boot_outer() {
   timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
     -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \

@@ -2,9 +2,11 @@
 //! test VM (see tests/vm/README.md). Prints TAP 13, one test per scenario.
 //!
 //! Usage: `caravel-rig [--bin DIR] [--guest DIR] [--prefix STR] [--list] [SCENARIO...]`
+//! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`).
 //! (default: every scenario). Binaries are taken from `--bin` (default
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
+mod bench;
 mod scenarios;
 mod session;
 
@@ -51,12 +53,16 @@ fn main() {
         tmp: std::env::temp_dir(),
     };
     let mut wanted = Vec::new();
+    let mut bench_runs = None;
+    let mut bench_vcpus = 1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bin" => env.bin = args.next().unwrap_or_default().into(),
             "--guest" => env.guest = args.next().unwrap_or_default().into(),
             "--prefix" => PREFIX.with(|p| *p.borrow_mut() = args.next().unwrap_or_default()),
+            "--bench" => bench_runs = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5)),
+            "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
                 for s in scenarios::ALL {
                     println!("{}", s.name);
@@ -65,6 +71,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if let Some(runs) = bench_runs {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = bench::run(&env, runs, bench_vcpus, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     let selected: Vec<_> = scenarios::ALL
         .iter()

@@ -28,7 +28,7 @@ use crate::{memory, Error, Result};
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
     vm_fd: Arc<VmFd>,
-    memory: GuestMemoryMmap,
+    ram: memory::GuestRam,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -63,8 +63,9 @@ impl Vm {
         kvm_x86::setup_vm(&kvm, &vm_fd)?;
 
         let mem_layout = layout::MemoryLayout::new(cfg.memory.size);
-        let memory = memory::create(&mem_layout.ram_ranges())?;
-        memory::register(&vm_fd, &memory)?;
+        let ram = memory::GuestRam::new(&mem_layout.ram_ranges())?;
+        memory::register(&vm_fd, &ram.memory)?;
+        let memory = &ram.memory;
 
         let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
         let pio = Arc::new(Bus::new());
@@ -103,7 +104,7 @@ impl Vm {
             "ACPI PM",
         )?;
 
-        let (mode, entry) = load_payload(cfg, &memory, &mem_layout)?;
+        let (mode, entry) = load_payload(cfg, memory, &mem_layout)?;
 
         let host = HostCpu::probe(&kvm)?;
         let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
@@ -119,7 +120,7 @@ impl Vm {
         Ok(Self {
             vcpus,
             vm_fd,
-            memory,
+            ram,
             pio,
             mmio,
             serial,
@@ -142,7 +143,7 @@ impl Vm {
 
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.memory
+        &self.ram.memory
     }
 
     /// The KVM VM.

@@ -1,0 +1,265 @@
+//! `caravel-rig bench`: the same guest booted by Caravel and by QEMU (microvm
+//! and q35) in one run, inside the rig. For each boot: process start to first
+//! KVM_RUN (Caravel's event monitor), to the guest's marker line, and to exit;
+//! the VMM's RSS without guest RAM at the marker (from /proc/PID/smaps); and
+//! KVM exits by type up to the marker (the VM's debugfs directory, summed over
+//! vCPUs, read when the marker arrives, which is the same source for all VMMs).
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::session::Session;
+use crate::Env;
+
+/// Mappings at least this large are taken to be guest RAM and left out of RSS.
+const GUEST_RAM_MAPPING_MIN: u64 = 128 << 20;
+const GUEST_MEM: &str = "256M";
+const TIMEOUT: Duration = Duration::from_secs(120);
+const EXIT_STATS: &[&str] = &[
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "pf_taken",
+    "insn_emulation",
+];
+
+/// One VMM configuration to measure.
+struct Contender {
+    name: &'static str,
+    program: String,
+    args: Vec<String>,
+    event_log: Option<String>,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    first_run: Option<f64>,
+    marker: f64,
+    uptime: f64,
+    exit: f64,
+    rss_kib: u64,
+    exits: Vec<u64>,
+}
+
+fn guest_cmdline() -> String {
+    "console=ttyS0 quiet panic=-1 caravel.test=marker".into()
+}
+
+fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
+    let ev = env.tmp.join("bench-events.jsonl").display().to_string();
+    let caravel = |kernel: &str, name: &'static str| Contender {
+        name,
+        program: env.bin("caravel").display().to_string(),
+        args: vec![
+            "--kernel".into(),
+            env.guest(kernel),
+            "--initramfs".into(),
+            env.guest("initrd.cpio.gz"),
+            "--cmdline".into(),
+            guest_cmdline(),
+            "--cpus".into(),
+            format!("boot={vcpus}"),
+            "--memory".into(),
+            format!("size={GUEST_MEM}"),
+            "--event-monitor".into(),
+            format!("path={ev}"),
+        ],
+        event_log: Some(ev.clone()),
+    };
+    let qemu = |machine: &str, name: &'static str| Contender {
+        name,
+        program: "/usr/bin/qemu-system-x86_64".into(),
+        args: [
+            "-L",
+            "/usr/share/qemu",
+            "-L",
+            "/usr/share/seabios",
+            "-M",
+            machine,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            GUEST_MEM,
+            "-smp",
+            &vcpus.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+            &env.guest("vmlinux"),
+            "-initrd",
+            &env.guest("initrd.cpio.gz"),
+            "-append",
+            &guest_cmdline(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        event_log: None,
+    };
+    vec![
+        caravel("vmlinux", "caravel (vmlinux, PVH)"),
+        caravel("bzImage", "caravel (bzImage)"),
+        qemu("microvm", "qemu 7.2 -M microvm (vmlinux, PVH)"),
+        qemu("q35", "qemu 7.2 -M q35 (vmlinux, PVH)"),
+    ]
+}
+
+/// RSS of `pid` in KiB, leaving out mappings large enough to be guest RAM.
+fn rss_without_guest(pid: u32) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    let mut total = 0;
+    let mut current_size = 0;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("Size:") => {
+                current_size = f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024
+            }
+            Some("Rss:") if current_size < GUEST_RAM_MAPPING_MIN => {
+                total += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// KVM exit counters of `pid`'s VM from debugfs (summed over its vCPUs).
+fn kvm_exits(pid: u32) -> Vec<u64> {
+    let base = Path::new("/sys/kernel/debug/kvm");
+    let prefix = format!("{pid}-");
+    let dir = std::fs::read_dir(base)
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        })
+        .map(|e| e.path());
+    EXIT_STATS
+        .iter()
+        .map(|s| {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(s)).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+fn first_run_secs(path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["event"] == "first-run").then(|| {
+            v["timestamp"]["secs"].as_f64().unwrap_or(0.0)
+                + v["timestamp"]["nanos"].as_f64().unwrap_or(0.0) / 1e9
+        })
+    })
+}
+
+fn measure(c: &Contender) -> Result<Sample, String> {
+    if let Some(ev) = &c.event_log {
+        let _ = std::fs::remove_file(ev);
+    }
+    let mut s = Session::spawn(Path::new(&c.program), &c.args)?;
+    let (line, marker) = s.expect("CARAVEL-MARKER", TIMEOUT)?;
+    let uptime = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("uptime="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let rss_kib = rss_without_guest(s.pid());
+    let exits = kvm_exits(s.pid());
+    let (status, exit) = s.wait(TIMEOUT)?;
+    if !status.success() {
+        return Err(format!("{} exited with {status}\n{}", c.name, s.tail()));
+    }
+    Ok(Sample {
+        first_run: c.event_log.as_deref().and_then(first_run_secs),
+        marker: marker.as_secs_f64(),
+        uptime,
+        exit: exit.as_secs_f64(),
+        rss_kib,
+        exits,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Runs the benchmark and prints a Markdown table (lines prefixed by `prefix`).
+pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), String> {
+    let contenders = contenders(env, vcpus);
+    let mut results = Vec::new();
+    for c in &contenders {
+        if !Path::new(&c.program).exists() {
+            println!("{prefix}# {}: {} not present, skipped", c.name, c.program);
+            results.push(None);
+            continue;
+        }
+        let mut samples = Vec::new();
+        // One warm-up boot (the first boot after the outer VM starts is ~1 s slower).
+        measure(c)?;
+        for _ in 0..runs {
+            samples.push(measure(c)?);
+        }
+        results.push(Some(samples));
+    }
+    let med = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
+    let base = results[0]
+        .as_ref()
+        .map(|s| med(s, &|x| x.marker))
+        .unwrap_or(f64::NAN);
+    println!("{prefix}");
+    println!("{prefix}Median of {runs} boots after one warm-up, {vcpus} vCPUs, {GUEST_MEM} guest RAM, same kernel and initramfs:");
+    println!("{prefix}");
+    println!(
+        "{prefix}| VMM | start -> first KVM_RUN | start -> marker | vs first row | guest uptime at marker | start -> exit | RSS without guest RAM | KVM exits to marker: {} |",
+        EXIT_STATS.join(" / ")
+    );
+    println!("{prefix}| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (c, r) in contenders.iter().zip(&results) {
+        let Some(s) = r else { continue };
+        let first = med(s, &|x| x.first_run.unwrap_or(f64::NAN));
+        let marker = med(s, &|x| x.marker);
+        let exits: Vec<String> = (0..EXIT_STATS.len())
+            .map(|i| {
+                format!(
+                    "{:.0}",
+                    med(s, &|x| x.exits.get(i).copied().unwrap_or(0) as f64)
+                )
+            })
+            .collect();
+        println!(
+            "{prefix}| {} | {} | {:.3} s | {:.2}x | {:.2} s | {:.3} s | {:.1} MiB | {} |",
+            c.name,
+            if first.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{:.1} ms", first * 1000.0)
+            },
+            marker,
+            marker / base,
+            med(s, &|x| x.uptime),
+            med(s, &|x| x.exit),
+            med(s, &|x| x.rss_kib as f64) / 1024.0,
+            exits.join(" / ")
+        );
+    }
+    Ok(())
+}
