@@ -11,7 +11,11 @@ for m in irqbypass ccp kvm kvm-amd; do
   [ -f /mod/$m.ko ] && { $B insmod /mod/$m.ko || echo "RIG| # insmod $m failed"; }
 done
 args=$($B sed -n 's/.*rig\.args=\([^ ]*\).*/\1/p' /proc/cmdline)
-if [ -c /dev/kvm ] && $B grep -q 'rig.demo' /proc/cmdline; then
+if [ -c /dev/kvm ] && [ -f /rig-exec.sh ]; then
+  echo; echo "RIG| --- rig-exec.sh:"
+  sh /rig-exec.sh 2>&1 | $B sed 's/^/RIG| /'
+  echo "RIG-END rc=0"
+elif [ -c /dev/kvm ] && $B grep -q 'rig.demo' /proc/cmdline; then
   echo "Outer VM up; starting: caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M"
   /bin/caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M \
     --cmdline "console=ttyS0 caravel.test=shell"

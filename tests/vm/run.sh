@@ -6,6 +6,7 @@
 # Usage: tests/vm/run.sh [SCENARIO...]   run scenarios (default: all; caravel-rig --list shows them)
 #        tests/vm/run.sh --demo          boot a guest with Caravel and attach its console to this terminal
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
+#        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 900),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
 source "$(dirname "$0")/lib.sh"
@@ -37,6 +38,9 @@ cp "$KDIR/vmlinux" "$KDIR/bzImage" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
 cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
+if [ "${1:-}" = --exec ]; then
+  printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
+fi
 if [ "${1:-}" = --bench ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"

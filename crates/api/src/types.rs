@@ -37,4 +37,15 @@ pub struct VmInfoResponse {
     pub memory_actual_size: u64,
     /// How many times the VM has booted (1 + guest-initiated reboots).
     pub boot_count: u64,
+    /// The VM's PCI devices.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// A device in `vm.info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Name, e.g. `virtio-blk0`.
+    pub id: String,
+    /// PCI address, e.g. `0000:00:01.0`.
+    pub pci_bdf: String,
 }

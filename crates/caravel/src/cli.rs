@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use vmm::config::{ConsoleConfig, CpusConfig, LinuxPayload, MemoryConfig, Payload, VmConfig};
+use vmm::config::{
+    ConsoleConfig, CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, Payload, VmConfig,
+};
 
 use crate::options::{KeyValues, OptionError};
 
@@ -60,6 +62,20 @@ pub struct Args {
     /// COM1 output: tty (stdin/stdout; raw mode on a terminal), off, or file=PATH.
     #[arg(long, value_name = "tty|off|file=PATH", default_value = "tty")]
     pub serial: String,
+
+    /// virtio-console (the guest's hvc0): tty, off, or file=PATH. At most one of
+    /// --serial and --console can be tty.
+    #[arg(long, value_name = "tty|off|file=PATH", default_value = "off")]
+    pub console: String,
+
+    /// A virtio-blk disk backed by a raw image: path=PATH[,readonly=on][,id=SERIAL].
+    /// Repeat for more disks (the guest sees vda, vdb, ...).
+    #[arg(long, value_name = "path=PATH[,readonly=on]")]
+    pub disk: Vec<String>,
+
+    /// A virtio-rng device fed by the host's getrandom(2).
+    #[arg(long)]
+    pub rng: bool,
 
     /// Serve the REST control API on this Unix socket (path=PATH or just PATH).
     #[arg(long, value_name = "path=PATH")]
@@ -145,7 +161,44 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     Ok(MemoryConfig { size })
 }
 
-/// Parses `--serial` (and later `--console`).
+/// Parses one `--disk`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
+    let kv = KeyValues::parse("--disk", s, &["path", "readonly", "id"], Some("path"))?;
+    let path = kv
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| OptionError::new("--disk", "path=PATH is required"))?;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(OptionError::new(
+                "--disk",
+                format!("{} is not a regular file (raw images only)", path.display()),
+            ))
+        }
+        Err(e) => {
+            return Err(OptionError::new(
+                "--disk",
+                format!("cannot open {}: {e}", path.display()),
+            ))
+        }
+    }
+    let id = kv.get("id").map(str::to_string);
+    if id.as_ref().is_some_and(|i| i.len() > 20) {
+        return Err(OptionError::new(
+            "--disk",
+            "id= is at most 20 bytes (virtio-blk serial)",
+        ));
+    }
+    Ok(DiskConfig {
+        path,
+        readonly: kv.toggle("readonly")?.unwrap_or(false),
+        id,
+    })
+}
+
+/// Parses `--serial` or `--console`.
 pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, OptionError> {
     match s {
         "tty" => Ok(ConsoleConfig::Tty),
@@ -183,6 +236,11 @@ impl Args {
                 ),
             ));
         }
+        let serial = parse_console("--serial", &self.serial)?;
+        let console = parse_console("--console", &self.console)?;
+        if serial == ConsoleConfig::Tty && console == ConsoleConfig::Tty {
+            return Err(OptionError::new("--console", "tty is already taken by --serial; use --serial off (or file=PATH) with --console tty"));
+        }
         Ok(VmConfig {
             cpus: parse_cpus(&self.cpus)?,
             memory: parse_memory(&self.memory)?,
@@ -191,7 +249,14 @@ impl Args {
                 initramfs: self.initramfs.clone(),
                 cmdline,
             }),
-            serial: parse_console("--serial", &self.serial)?,
+            serial,
+            console,
+            disks: self
+                .disk
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<Result<_, _>>()?,
+            rng: self.rng,
             api_socket: self
                 .api_socket
                 .as_deref()
@@ -289,6 +354,42 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("--kernel: cannot open /nonexistent"));
+    }
+
+    #[test]
+    fn devices() {
+        let c = args(&[
+            "--disk",
+            "path=/proc/self/exe,readonly=on,id=boot",
+            "--disk",
+            "/proc/self/exe",
+            "--rng",
+            "--console",
+            "file=/tmp/c",
+            "--serial",
+            "off",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[0].readonly && !c.disks[1].readonly);
+        assert_eq!(c.disks[0].id.as_deref(), Some("boot"));
+        assert!(c.rng);
+        assert_eq!(c.console, ConsoleConfig::File("/tmp/c".into()));
+        assert!(
+            err(&["--console", "tty"]).starts_with("--console: tty is already taken by --serial")
+        );
+        assert!(err(&["--disk", "path=/nonexistent.img"])
+            .starts_with("--disk: cannot open /nonexistent.img"));
+        assert!(err(&["--disk", "path=/tmp"]).starts_with("--disk: /tmp is not a regular file"));
+        assert!(err(&["--disk", "path=/proc/self/exe,readonly=maybe"])
+            .starts_with("--disk: readonly=maybe: use on or off"));
+        assert!(
+            err(&["--disk", "path=/proc/self/exe,id=123456789012345678901"])
+                .starts_with("--disk: id= is at most 20 bytes")
+        );
+        assert!(err(&["--disk", "readonly=on"]).starts_with("--disk: path=PATH is required"));
     }
 
     #[test]

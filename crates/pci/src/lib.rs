@@ -26,7 +26,10 @@ pub use caps::{pcie_endpoint_capability, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_VENDOR
 pub use config::{Bar, BarKind, BarMove, ConfigSpace, PciClass};
 pub use device::{BarRegion, PciDevice};
 pub use host_bridge::HostBridge;
-pub use msix::{MsixCap, MsixEvent, MsixTable, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
+pub use msix::{
+    apply_events, MsixCap, MsixEvent, MsixSink, MsixTable, Trigger, MSIX_ENTRY_SIZE,
+    MSIX_MAX_VECTORS,
+};
 
 /// A function's address on bus 0: device (0-31) and function (0-7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

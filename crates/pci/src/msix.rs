@@ -49,6 +49,34 @@ impl MsixCap {
     }
 }
 
+/// Where a function's MSI-X vectors go: the VMM implements it with GSI routes
+/// and irqfds.
+pub trait MsixSink: Send + Sync {
+    /// `vector` now delivers `message` (address, data), or nothing when `None`
+    /// (masked or disabled).
+    fn update_route(&self, vector: u16, message: Option<(u64, u32)>);
+    /// Inject `vector` now; its route is installed.
+    fn deliver(&self, vector: u16);
+}
+
+/// Applies `events` of `table` to `sink`: routes first, then pending deliveries.
+pub fn apply_events(table: &MsixTable, events: &[MsixEvent], sink: &dyn MsixSink) {
+    let route =
+        |v: u16| sink.update_route(v, (!table.masked(v)).then(|| table.message(v)).flatten());
+    for e in events {
+        match *e {
+            MsixEvent::VectorChanged(v) => route(v),
+            MsixEvent::AllChanged => (0..table.len()).for_each(route),
+            MsixEvent::DeliverPending(_) => {}
+        }
+    }
+    for e in events {
+        if let MsixEvent::DeliverPending(v) = *e {
+            sink.deliver(v);
+        }
+    }
+}
+
 /// What changed for delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsixEvent {

@@ -39,6 +39,10 @@ pub const ALL: &[Scenario] = &[
         name: "not-a-kernel-exits-2",
         run: not_a_kernel,
     },
+    Scenario {
+        name: "pci-virtio-blk-console-rng",
+        run: virtio_devices,
+    },
 ];
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -211,4 +215,123 @@ fn not_a_kernel(env: &Env) -> Result<String, String> {
         return Err(format!("error does not name --kernel: {err}"));
     }
     Ok(err.lines().next().unwrap_or("").to_string())
+}
+
+/// Runs one shell command in an `interactive` guest; returns its output lines.
+pub fn guest_cmd(s: &mut Session, cmd: &str) -> Result<Vec<String>, String> {
+    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    let start = s.transcript.len();
+    s.send(cmd)?;
+    let (done, _) = s.expect("CARAVEL-DONE", BOOT_TIMEOUT)?;
+    if !done.contains("rc=0") {
+        return Err(format!(
+            "guest command `{cmd}` failed: {done}\n{}",
+            s.tail()
+        ));
+    }
+    // Lines between our command's echo and the DONE marker.
+    let lines = &s.transcript[start..s.transcript.len() - 1];
+    Ok(lines
+        .iter()
+        .filter(|l| !l.contains("CARAVEL-GOT") && !l.contains("CARAVEL-READY"))
+        .cloned()
+        .collect())
+}
+
+fn host_md5(path: &std::path::Path) -> Result<String, String> {
+    let out = std::process::Command::new("md5sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("md5sum: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+fn virtio_devices(env: &Env) -> Result<String, String> {
+    let disk = env.tmp.join("rig-disk.img");
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&disk, &data).map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
+    let want_md5 = host_md5(&disk)?;
+    let hvc = env.tmp.join("rig-hvc.txt");
+    let _ = std::fs::remove_file(&hvc);
+    let mut s = Session::spawn(
+        &env.bin("caravel"),
+        &caravel_args(
+            env,
+            "vmlinux",
+            "interactive",
+            &[
+                "--disk",
+                &format!("path={}", disk.display()),
+                "--console",
+                &format!("file={}", hvc.display()),
+                "--rng",
+            ],
+        ),
+    )?;
+    s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
+    // Enumeration through ACPI and ECAM.
+    let ids = guest_cmd(&mut s, "for d in /sys/bus/pci/devices/*; do echo PCIDEV $(basename $d) $(cat $d/vendor) $(cat $d/device); done")?;
+    for dev in ["0x1042", "0x1043", "0x1044"] {
+        if !ids.iter().any(|l| l.contains("0x1af4") && l.contains(dev)) {
+            return Err(format!(
+                "no virtio device {dev} on the guest's PCI bus: {ids:?}"
+            ));
+        }
+    }
+    let dmesg = guest_cmd(&mut s, "dmesg | grep -E 'PCI0|MMCONFIG|ECAM' | head -5")?;
+    if !dmesg
+        .iter()
+        .any(|l| l.contains("MMCONFIG") || l.contains("ECAM"))
+        || !dmesg.iter().any(|l| l.contains("PCI0"))
+    {
+        return Err(format!(
+            "guest did not use ACPI host bridge + ECAM: {dmesg:?}"
+        ));
+    }
+    // Every virtio function uses MSI-X.
+    let msi = guest_cmd(
+        &mut s,
+        "cat /sys/bus/pci/devices/*/msi_irqs/* | sort | uniq -c",
+    )?;
+    if !msi.iter().any(|l| l.contains("msix")) || msi.iter().any(|l| l.trim().ends_with(" msi")) {
+        return Err(format!("interrupt modes: {msi:?}"));
+    }
+    // The disk: checksum, then a write the host must see.
+    let md5 = guest_cmd(&mut s, "md5sum /dev/vda")?;
+    if !md5.iter().any(|l| l.starts_with(&want_md5)) {
+        return Err(format!("guest md5 {md5:?}, host {want_md5}"));
+    }
+    guest_cmd(
+        &mut s,
+        "printf CARAVEL-WRITTEN | dd of=/dev/vda bs=512 seek=2 conv=notrunc,fsync 2>/dev/null",
+    )?;
+    // Entropy.
+    let rng = guest_cmd(&mut s, "cat /sys/class/misc/hw_random/rng_current; dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1")?;
+    if !rng.iter().any(|l| l.contains("virtio_rng"))
+        || !rng
+            .iter()
+            .any(|l| l.split_whitespace().filter(|w| w.len() == 2).count() >= 16)
+    {
+        return Err(format!("/dev/hwrng: {rng:?}"));
+    }
+    // The virtio console.
+    guest_cmd(&mut s, "echo CARAVEL-HVC > /dev/hvc0")?;
+    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    s.send("poweroff")?;
+    let t = expect_exit(&mut s, 0)?;
+    let img = std::fs::read(&disk).map_err(|e| e.to_string())?;
+    if &img[1024..1024 + 15] != b"CARAVEL-WRITTEN" {
+        return Err("the guest's write is not in the image".into());
+    }
+    let hvc_text = std::fs::read_to_string(&hvc).unwrap_or_default();
+    if !hvc_text.contains("CARAVEL-HVC") {
+        return Err(format!("hvc0 output missing: {hvc_text:?}"));
+    }
+    Ok(format!("blk md5 {want_md5} ok, write seen by host, hwrng ok, hvc0 ok, MSI-X only, exit 0 at {:.2} s", t.as_secs_f64()))
 }

@@ -33,6 +33,8 @@ pub struct ApiShared {
     pub memory_actual_size: u64,
     /// The configuration as JSON.
     pub config: serde_json::Value,
+    /// The VM's devices.
+    pub devices: Vec<api::types::DeviceInfo>,
 }
 
 /// A request the VMM's event loop must carry out.
@@ -193,6 +195,7 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                 state: s.state,
                 memory_actual_size: s.memory_actual_size,
                 boot_count: s.boot_count,
+                devices: s.devices,
             })
         }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
@@ -211,6 +214,7 @@ mod tests {
             boot_count: 1,
             memory_actual_size: 256 << 20,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
+            devices: vec![],
         }))
     }
 

@@ -18,6 +18,12 @@ pub struct VmConfig {
     pub payload: Payload,
     /// Where COM1 goes.
     pub serial: ConsoleConfig,
+    /// virtio-console (`hvc0`); `Off` means no device.
+    pub console: ConsoleConfig,
+    /// virtio-blk devices.
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
     /// Control API socket.
     pub api_socket: Option<PathBuf>,
     /// Event log file (JSON lines with timestamps).
@@ -38,6 +44,17 @@ pub struct CpusConfig {
 pub struct MemoryConfig {
     /// Boot RAM in bytes.
     pub size: u64,
+}
+
+/// `--disk`
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Read-only to the guest (`VIRTIO_BLK_F_RO`).
+    pub readonly: bool,
+    /// Serial reported by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes).
+    pub id: Option<String>,
 }
 
 /// What the guest runs.
@@ -93,6 +110,9 @@ impl VmConfig {
             memory: MemoryConfig { size: 512 << 20 },
             payload,
             serial: ConsoleConfig::Off,
+            console: ConsoleConfig::Off,
+            disks: Vec::new(),
+            rng: false,
             api_socket: None,
             event_monitor: None,
             no_reboot: false,

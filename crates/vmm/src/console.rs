@@ -35,6 +35,17 @@ fn stdout_unbuffered() -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(dup) })
 }
 
+/// Reads from fd 0 without Rust's stdin buffer: bytes left in a userspace
+/// buffer would never make the fd readable again, and the event loop polls the
+/// fd, so every read must take bytes from the kernel only.
+pub fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    // SAFETY: fd 0 stays open for the life of the process; ManuallyDrop keeps
+    // this temporary File from closing it.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
+    f.read(buf)
+}
+
 /// Opens the output for a console configured as `cfg`; `option` names the flag
 /// in errors.
 pub fn open_output(cfg: &ConsoleConfig, option: &'static str) -> Result<Box<dyn Write + Send>> {

@@ -14,9 +14,12 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{Payload, VmConfig};
+use crate::config::{ConsoleConfig, Payload, VmConfig};
+use crate::console;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::interrupt::MsiRouter;
+use crate::pci_segment::PciSegment;
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
 use crate::x86_64::{self as kvm_x86, HostCpu};
 use crate::{memory, Error, Result};
@@ -27,15 +30,16 @@ use crate::{memory, Error, Result};
 /// unmapped, and Rust drops fields in declaration order.
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
-    vm_fd: Arc<VmFd>,
-    ram: memory::GuestRam,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    pci: PciSegment,
     serial: Arc<Mutex<SerialDevice>>,
     serial_input_wanted: Arc<EventFd>,
     exit: Arc<ExitSignal>,
     events: Option<Arc<EventMonitor>>,
     ram_size: u64,
+    vm_fd: Arc<VmFd>,
+    ram: memory::GuestRam,
 }
 
 fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<File> {
@@ -104,7 +108,26 @@ impl Vm {
             "ACPI PM",
         )?;
 
-        let (mode, entry) = load_payload(cfg, memory, &mem_layout)?;
+        let router = Arc::new(MsiRouter::new(vm_fd.clone(), layout::MSI_GSI_START));
+        let mut pci = PciSegment::new(
+            vm_fd.clone(),
+            pio.clone(),
+            mmio.clone(),
+            &mem_layout,
+            router,
+        )?;
+        add_virtio_devices(cfg, &mut pci, memory)?;
+
+        let acpi_cfg = acpi::AcpiConfig {
+            nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
+            dsdt_extra: pci::aml::dsdt(pci.layout()),
+            extra_tables: vec![pci::aml::mcfg(
+                pci.layout(),
+                acpi::OEM_ID,
+                acpi::OEM_TABLE_ID,
+            )],
+        };
+        let (mode, entry) = load_payload(cfg, memory, &mem_layout, &acpi_cfg)?;
 
         let host = HostCpu::probe(&kvm)?;
         let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
@@ -123,6 +146,7 @@ impl Vm {
             ram,
             pio,
             mmio,
+            pci,
             serial,
             serial_input_wanted,
             exit,
@@ -144,6 +168,18 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.ram.memory
+    }
+
+    /// The PCI devices: `(name, PCI address)`.
+    pub fn devices(&self) -> Vec<api::types::DeviceInfo> {
+        self.pci
+            .virtio_devices()
+            .iter()
+            .map(|(name, devfn, _)| api::types::DeviceInfo {
+                id: name.clone(),
+                pci_bdf: devfn.to_string(),
+            })
+            .collect()
     }
 
     /// The KVM VM.
@@ -181,17 +217,63 @@ impl Vm {
     }
 }
 
+/// Creates the configured virtio devices on `pci`.
+fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap) -> Result<()> {
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.readonly)
+            .open(&d.path)
+            .map_err(|e| {
+                Error::config(
+                    "--disk",
+                    format!(
+                        "cannot open {}{}: {e}",
+                        d.path.display(),
+                        if d.readonly {
+                            ""
+                        } else {
+                            " read-write (readonly=on?)"
+                        }
+                    ),
+                )
+            })?;
+        let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
+        let disk = virtio::block::Disk::new(file, d.readonly, &id)
+            .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;
+        pci.add_virtio(
+            &format!("virtio-blk{i}"),
+            Box::new(virtio::block::Block::new(disk)),
+            mem.clone(),
+        )?;
+    }
+    if cfg.console != ConsoleConfig::Off {
+        let out = console::open_output(&cfg.console, "--console")?;
+        let input = (cfg.console == ConsoleConfig::Tty).then_some(0);
+        pci.add_virtio(
+            "virtio-console",
+            Box::new(virtio::console::Console::new(out, input)),
+            mem.clone(),
+        )?;
+    }
+    if cfg.rng {
+        pci.add_virtio(
+            "virtio-rng",
+            Box::new(virtio::rng::Rng::default()),
+            mem.clone(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Loads the kernel (or raw test code) and writes every boot structure.
 fn load_payload(
     cfg: &VmConfig,
     mem: &GuestMemoryMmap,
     mem_layout: &layout::MemoryLayout,
+    acpi_cfg: &acpi::AcpiConfig,
 ) -> Result<(regs::EntryMode, u64)> {
-    let acpi_tables = acpi::build(&acpi::AcpiConfig {
-        nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
-        ..Default::default()
-    })
-    .map_err(|e| Error::Memory(e.to_string()))?;
+    let acpi_tables = acpi::build(acpi_cfg).map_err(|e| Error::Memory(e.to_string()))?;
     let too_small = |what: &str| {
         Error::config(
             "--memory",

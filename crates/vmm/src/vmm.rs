@@ -5,7 +5,6 @@
 //! command queue and the termination-signal event. A guest reset builds a
 //! fresh [`Vm`] from the same configuration unless `no_reboot` is set.
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +103,7 @@ impl Vmm {
             boot_count: 0,
             memory_actual_size: cfg.memory.size,
             config: serde_json::to_value(cfg).unwrap_or_default(),
+            devices: Vec::new(),
         }));
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
@@ -115,7 +115,8 @@ impl Vmm {
             Some((s, c)) => (Some(s), Some(c)),
             None => (None, None),
         };
-        let _raw = (cfg.serial == ConsoleConfig::Tty).then(RawTerminal::enter);
+        let _raw = (cfg.serial == ConsoleConfig::Tty || cfg.console == ConsoleConfig::Tty)
+            .then(RawTerminal::enter);
 
         loop {
             let out = console::open_output(&cfg.serial, "--serial")?;
@@ -124,6 +125,7 @@ impl Vmm {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.state = VmState::Running;
                 s.boot_count += 1;
+                s.devices = vm.devices();
             }
             emit(
                 "booting",
@@ -171,8 +173,7 @@ impl Vmm {
         if let Some(sig) = &self.signal_event {
             add(sig.as_raw_fd(), TOKEN_SIGNAL).map_err(Error::io("epoll"))?;
         }
-        let stdin = std::io::stdin();
-        let stdin_fd = stdin.as_raw_fd();
+        let stdin_fd = std::io::stdin().as_raw_fd();
         // Regular files and /dev/null cannot be polled: then there is no input.
         let mut stdin_polled =
             self.config.serial == ConsoleConfig::Tty && add(stdin_fd, TOKEN_STDIN).is_ok();
@@ -205,7 +206,7 @@ impl Vmm {
                             continue;
                         }
                         let mut buf = [0u8; 64];
-                        match stdin.lock().read(&mut buf[..room.min(64)]) {
+                        match console::read_stdin(&mut buf[..room.min(64)]) {
                             Ok(0) | Err(_) => {
                                 let _ = epoll.ctl(
                                     ControlOperation::Delete,

@@ -1,0 +1,74 @@
+//! What every virtio device provides.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Signals the driver.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Used buffers were added to queue `index`.
+    fn notify_queue(&self, index: u16);
+    /// The device configuration changed.
+    fn notify_config(&self);
+}
+
+/// A queue the driver enabled, with the eventfd its notifications arrive on.
+pub struct ActiveQueue {
+    /// Queue index.
+    pub index: u16,
+    /// The ring, configured by the driver.
+    pub queue: Queue,
+    /// Readable when the driver notified the queue.
+    pub notify: EventFd,
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// A required queue is missing or unusable.
+    #[error("queue {0} is not usable")]
+    BadQueue(u16),
+    /// A feature the device requires was not accepted.
+    #[error("the driver did not accept required feature bit {0}")]
+    MissingFeature(u32),
+    /// Starting the worker failed.
+    #[error("cannot start the device: {0}")]
+    Start(String),
+}
+
+/// A virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// Device type (see [`crate::device_type`]).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered (including [`crate::features::VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Length of the device configuration space.
+    fn config_len(&self) -> usize;
+    /// Driver read of the device configuration (bounds already checked).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Driver write of the device configuration (ignored by most devices).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+        devices::warn_ratelimited!("virtio: write to read-only device configuration ignored");
+    }
+    /// Changes whenever the configuration changes (virtio `config_generation`).
+    fn config_generation(&self) -> u32 {
+        0
+    }
+    /// The driver set DRIVER_OK: start processing `queues` with `features`.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+        features: u64,
+    ) -> Result<(), ActivateError>;
+    /// Device reset: stop processing and forget queue state. Device-specific
+    /// state that must survive a device reset (virtio-mem's plugged blocks)
+    /// survives.
+    fn reset(&mut self);
+}

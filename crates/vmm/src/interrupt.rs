@@ -1,0 +1,183 @@
+//! MSI delivery through KVM: each MSI-X vector of each device gets a GSI, an
+//! irqfd on that GSI, and (while the vector is unmasked) an MSI route.
+//!
+//! `KVM_SET_GSI_ROUTING` replaces the whole table, and the in-kernel irqchip's
+//! default routes (GSI n -> IOAPIC pin n, and the PIC for n < 16) live in the
+//! same table, so every commit re-sends them with the MSI routes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use pci::MsixSink;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::{Error, Result};
+
+/// IOAPIC pins of KVM's in-kernel IOAPIC.
+const IOAPIC_PINS: u32 = 24;
+/// Highest GSI handed out (KVM allows 4096 routes).
+const MAX_GSI: u32 = 4095;
+
+/// Owns the VM's GSI routing table.
+pub struct MsiRouter {
+    vm: Arc<VmFd>,
+    state: Mutex<RouterState>,
+}
+
+struct RouterState {
+    next_gsi: u32,
+    msi: BTreeMap<u32, (u64, u32)>,
+}
+
+fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    e.u.irqchip.irqchip = chip;
+    e.u.irqchip.pin = pin;
+    e
+}
+
+/// KVM's default routes for the in-kernel PIC and IOAPIC.
+pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
+    let mut v = Vec::new();
+    for gsi in 0..IOAPIC_PINS {
+        if gsi < 8 {
+            v.push(irqchip_entry(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+        } else if gsi < 16 {
+            v.push(irqchip_entry(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+        }
+        v.push(irqchip_entry(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    v
+}
+
+impl MsiRouter {
+    /// A router for `vm`, handing out GSIs from `first_gsi`.
+    pub fn new(vm: Arc<VmFd>, first_gsi: u32) -> Self {
+        Self {
+            vm,
+            state: Mutex::new(RouterState {
+                next_gsi: first_gsi.max(IOAPIC_PINS),
+                msi: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// A fresh GSI.
+    pub fn allocate_gsi(&self) -> Result<u32> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.next_gsi > MAX_GSI {
+            return Err(Error::Memory("out of GSIs for MSI routes".into()));
+        }
+        s.next_gsi += 1;
+        Ok(s.next_gsi - 1)
+    }
+
+    /// Routes `gsi` to `message`, or removes its route.
+    pub fn set_route(&self, gsi: u32, message: Option<(u64, u32)>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match message {
+            Some(m) => s.msi.insert(gsi, m) != Some(m),
+            None => s.msi.remove(&gsi).is_some(),
+        };
+        if changed {
+            if let Err(e) = self.commit(&s) {
+                devices::warn_ratelimited!("cannot update MSI routes: {e}");
+            }
+        }
+    }
+
+    fn commit(&self, s: &RouterState) -> std::result::Result<(), String> {
+        let mut entries = default_routes();
+        for (&gsi, &(addr, data)) in &s.msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            e.u.msi.address_lo = addr as u32;
+            e.u.msi.address_hi = (addr >> 32) as u32;
+            e.u.msi.data = data;
+            entries.push(e);
+        }
+        let table = KvmIrqRouting::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
+        self.vm.set_gsi_routing(&table).map_err(|e| e.to_string())
+    }
+}
+
+/// The MSI-X vectors of one device: a GSI and an irqfd each.
+pub struct MsixVectors {
+    router: Arc<MsiRouter>,
+    vectors: Vec<(u32, EventFd)>,
+}
+
+impl MsixVectors {
+    /// Allocates `count` vectors with irqfds registered on `vm`.
+    pub fn new(router: Arc<MsiRouter>, count: u16) -> Result<Self> {
+        let mut vectors = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let gsi = router.allocate_gsi()?;
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+            router
+                .vm
+                .register_irqfd(&evt, gsi)
+                .map_err(Error::kvm("KVM_IRQFD"))?;
+            vectors.push((gsi, evt));
+        }
+        Ok(Self { router, vectors })
+    }
+}
+
+impl MsixSink for MsixVectors {
+    fn update_route(&self, vector: u16, message: Option<(u64, u32)>) {
+        if let Some((gsi, _)) = self.vectors.get(usize::from(vector)) {
+            self.router.set_route(*gsi, message);
+        }
+    }
+
+    fn deliver(&self, vector: u16) {
+        if let Some((_, evt)) = self.vectors.get(usize::from(vector)) {
+            let _ = evt.write(1);
+        }
+    }
+}
+
+impl Drop for MsixVectors {
+    fn drop(&mut self) {
+        for (gsi, evt) in &self.vectors {
+            // Deassign the irqfd before its route goes (KVM wants that order).
+            let _ = self.router.vm.unregister_irqfd(evt, *gsi);
+            self.router.set_route(*gsi, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_match_kvms() {
+        let r = default_routes();
+        // 16 PIC + 24 IOAPIC entries.
+        assert_eq!(r.len(), 40);
+        let pic0: Vec<_> = r.iter().filter(|e| e.gsi == 0).collect();
+        assert_eq!(pic0.len(), 2);
+        // SAFETY: these entries were built as irqchip routes above.
+        let chips: Vec<u32> = pic0
+            .iter()
+            .map(|e| unsafe { e.u.irqchip.irqchip })
+            .collect();
+        assert_eq!(chips, vec![KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_IOAPIC]);
+        let g20: Vec<_> = r.iter().filter(|e| e.gsi == 20).collect();
+        assert_eq!(g20.len(), 1, "above 15 only the IOAPIC");
+    }
+}

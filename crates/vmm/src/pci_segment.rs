@@ -1,0 +1,315 @@
+//! The PCI segment of a VM: host bridge, configuration access (type-1 ports
+//! and ECAM), BAR address allocation, BAR moves and the virtio-pci devices.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arch::x86_64::layout::{self, MemoryLayout};
+use devices::Bus;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use pci::aml::HostBridgeLayout;
+use pci::{
+    BarKind, BarMapper, BarMove, BarRegion, DevFn, HostBridge, PciBus, PciConfigIo, PciConfigMmio,
+    PciDevice,
+};
+use virtio::transport::{VirtioPciDevice, BAR0_SIZE};
+use virtio::VirtioDevice;
+use vm_allocator::{AddressAllocator, AllocPolicy};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::interrupt::{MsiRouter, MsixVectors};
+use crate::{Error, Result};
+
+/// Port of CONFIG_ADDRESS (type-1 access).
+const PCI_CONFIG_PORT: u64 = 0xcf8;
+
+/// A registered ioeventfd inside a BAR.
+struct IoEvent {
+    bar: u8,
+    offset: u64,
+    evt: EventFd,
+}
+
+/// Moves BARs on the buses and their ioeventfds with them.
+struct Mapper {
+    vm: Arc<VmFd>,
+    mmio: Arc<Bus>,
+    pio: Arc<Bus>,
+    ram: Vec<(u64, u64)>,
+    /// Where each BAR really is (a refused move leaves it in place).
+    located: Mutex<BTreeMap<(DevFn, u8), u64>>,
+    ioevents: Mutex<BTreeMap<DevFn, Vec<IoEvent>>>,
+}
+
+impl Mapper {
+    fn overlaps_ram(&self, start: u64, size: u64) -> bool {
+        let end = start.saturating_add(size);
+        self.ram.iter().any(|&(a, s)| start < a + s && a < end)
+    }
+}
+
+impl BarMapper for Mapper {
+    fn move_bar(&self, devfn: DevFn, mv: &BarMove) -> std::result::Result<(), String> {
+        let mut located = self.located.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (devfn, mv.index);
+        let Some(&current) = located.get(&key) else {
+            return Err("BAR is not mapped".into());
+        };
+        if mv.kind != BarKind::Io && self.overlaps_ram(mv.new, mv.size) {
+            return Err("the new address overlaps guest RAM".into());
+        }
+        let bus = if mv.kind == BarKind::Io {
+            &self.pio
+        } else {
+            &self.mmio
+        };
+        bus.relocate(current, mv.new).map_err(|e| e.to_string())?;
+        located.insert(key, mv.new);
+        let ioevents = self.ioevents.lock().unwrap_or_else(|e| e.into_inner());
+        for io in ioevents
+            .get(&devfn)
+            .into_iter()
+            .flatten()
+            .filter(|io| io.bar == mv.index)
+        {
+            let _ = self.vm.unregister_ioevent(
+                &io.evt,
+                &IoEventAddress::Mmio(current + io.offset),
+                NoDatamatch,
+            );
+            if let Err(e) = self.vm.register_ioevent(
+                &io.evt,
+                &IoEventAddress::Mmio(mv.new + io.offset),
+                NoDatamatch,
+            ) {
+                log::warn!("pci {devfn}: ioeventfd at {:#x} not registered ({e}); notifications take the slow path", mv.new + io.offset);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// PCI segment 0 of a VM.
+pub struct PciSegment {
+    bus: Arc<PciBus>,
+    mapper: Arc<Mapper>,
+    mmio64: AddressAllocator,
+    router: Arc<MsiRouter>,
+    layout: HostBridgeLayout,
+    virtio: Vec<(String, DevFn, Arc<Mutex<VirtioPciDevice>>)>,
+}
+
+impl PciSegment {
+    /// Creates the host bridge and the configuration access paths.
+    pub fn new(
+        vm: Arc<VmFd>,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        mem_layout: &MemoryLayout,
+        router: Arc<MsiRouter>,
+    ) -> Result<Self> {
+        let mapper = Arc::new(Mapper {
+            vm,
+            mmio: mmio.clone(),
+            pio: pio.clone(),
+            ram: mem_layout.ram_ranges(),
+            located: Mutex::new(BTreeMap::new()),
+            ioevents: Mutex::new(BTreeMap::new()),
+        });
+        let bus = Arc::new(PciBus::new(mapper.clone()));
+        bus.add(
+            DevFn::new(0, 0),
+            Arc::new(Mutex::new(HostBridge::default())),
+        );
+        let layout = HostBridgeLayout {
+            ecam_base: layout::PCI_ECAM_START,
+            last_bus: 0,
+            mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
+            mmio64: mem_layout.pci_mmio64(),
+        };
+        let place = |e: devices::BusError| {
+            Error::Memory(format!("cannot place PCI configuration access: {e}"))
+        };
+        pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+            PCI_CONFIG_PORT,
+            8,
+        )
+        .map_err(place)?;
+        mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+            layout.ecam_base,
+            layout.ecam_size(),
+        )
+        .map_err(place)?;
+        let (m64, m64_size) = layout.mmio64;
+        let mmio64 = AddressAllocator::new(m64, m64_size)
+            .map_err(|e| Error::Memory(format!("64-bit MMIO window: {e:?}")))?;
+        Ok(Self {
+            bus,
+            mapper,
+            mmio64,
+            router,
+            layout,
+            virtio: Vec::new(),
+        })
+    }
+
+    /// What the ACPI tables must say about the host bridge.
+    pub fn layout(&self) -> &HostBridgeLayout {
+        &self.layout
+    }
+
+    /// Adds a virtio device as a PCI function with its BAR in the 64-bit
+    /// window, MSI-X vectors, and ioeventfds for its queue notifications.
+    pub fn add_virtio(
+        &mut self,
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+    ) -> Result<Arc<Mutex<VirtioPciDevice>>> {
+        let devfn = self
+            .bus
+            .free_slot(1)
+            .ok_or_else(|| Error::Memory("no free PCI slot (31 devices at most)".into()))?;
+        let range = self
+            .mmio64
+            .allocate(BAR0_SIZE, BAR0_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|e| Error::Memory(format!("no room for {name}'s BAR: {e:?}")))?;
+        let bar_addr = range.start();
+        let vectors = (device.queue_max_sizes().len() + 1) as u16;
+        let sink = Arc::new(MsixVectors::new(self.router.clone(), vectors)?);
+        let dev = VirtioPciDevice::new(name, device, mem, bar_addr, sink)
+            .map_err(Error::io(format!("cannot create {name}")))?;
+        let mut ioevents = Vec::new();
+        for (i, evt) in dev.notify_eventfds().iter().enumerate() {
+            let addr = dev.notify_address(i as u16);
+            let evt = evt.try_clone().map_err(Error::io("eventfd"))?;
+            self.mapper
+                .vm
+                .register_ioevent(&evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+                .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+            ioevents.push(IoEvent {
+                bar: 0,
+                offset: addr - bar_addr,
+                evt,
+            });
+        }
+        let dev = Arc::new(Mutex::new(dev));
+        let as_pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
+        self.mapper
+            .mmio
+            .insert(
+                Arc::new(Mutex::new(BarRegion::new(as_pci.clone(), 0))),
+                bar_addr,
+                BAR0_SIZE,
+            )
+            .map_err(|e| Error::Memory(format!("cannot map {name}'s BAR: {e}")))?;
+        self.mapper
+            .located
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((devfn, 0), bar_addr);
+        self.mapper
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(devfn, ioevents);
+        self.bus.add(devfn, as_pci);
+        log::info!("{name} at PCI {devfn}, BAR0 {bar_addr:#x}");
+        self.virtio.push((name.to_string(), devfn, dev.clone()));
+        Ok(dev)
+    }
+
+    /// The virtio functions: name, address, device.
+    pub fn virtio_devices(&self) -> &[(String, DevFn, Arc<Mutex<VirtioPciDevice>>)] {
+        &self.virtio
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_ioctls::Kvm;
+
+    fn kvm_vm() -> Option<Arc<VmFd>> {
+        let kvm = Kvm::new().ok()?;
+        let vm = kvm.create_vm().ok()?;
+        vm.create_irq_chip().ok()?;
+        Some(Arc::new(vm))
+    }
+
+    fn ecam_write(seg: &PciSegment, devfn: DevFn, reg: u16, v: u32) {
+        let mut cfg = PciConfigMmio::new(seg.bus.clone());
+        devices::BusDevice::write(
+            &mut cfg,
+            (u64::from(devfn.0) << 12) | u64::from(reg),
+            &v.to_le_bytes(),
+        );
+    }
+
+    #[test]
+    fn a_moved_bar_takes_its_mmio_range_and_ioeventfds_along() {
+        let Some(vm) = kvm_vm() else {
+            eprintln!("skipped: /dev/kvm is not available");
+            return;
+        };
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let mem_layout = MemoryLayout::new(64 << 20);
+        let router = Arc::new(MsiRouter::new(vm.clone(), 24));
+        let mut seg = PciSegment::new(vm.clone(), pio, mmio.clone(), &mem_layout, router).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)]).unwrap();
+        let dev = seg
+            .add_virtio("virtio-rng", Box::new(virtio::rng::Rng::default()), mem)
+            .unwrap();
+        let devfn = seg.virtio_devices()[0].1;
+        let old = dev.lock().unwrap().bar_addr();
+        let notify_old = dev.lock().unwrap().notify_address(0);
+        let evt = dev.lock().unwrap().notify_eventfds()[0]
+            .try_clone()
+            .unwrap();
+
+        // num_queues (common config + 0x12) through the MMIO bus.
+        let mut q = [0u8; 2];
+        assert!(mmio.read(old + 0x12, &mut q));
+        assert_eq!(u16::from_le_bytes(q), 1);
+
+        // The guest moves BAR 0 (64-bit: low dword, then high dword).
+        let new = old + 0x100_0000;
+        ecam_write(&seg, devfn, 0x10, new as u32 | 0x4);
+        assert_eq!(
+            dev.lock().unwrap().bar_addr(),
+            old,
+            "nothing moves on the low half"
+        );
+        ecam_write(&seg, devfn, 0x14, (new >> 32) as u32);
+        assert_eq!(dev.lock().unwrap().bar_addr(), new);
+        assert!(!mmio.read(old + 0x12, &mut q), "old range released");
+        assert!(mmio.read(new + 0x12, &mut q));
+        assert_eq!(u16::from_le_bytes(q), 1);
+
+        // KVM has the ioeventfd at the new address and no longer at the old one.
+        let notify_new = notify_old - old + new;
+        let again = vm.register_ioevent(&evt, &IoEventAddress::Mmio(notify_new), NoDatamatch);
+        assert_eq!(
+            again.map_err(|e| e.errno()),
+            Err(libc::EEXIST),
+            "already registered at the new address"
+        );
+        assert!(
+            vm.unregister_ioevent(&evt, &IoEventAddress::Mmio(notify_old), NoDatamatch)
+                .is_err(),
+            "gone from the old address"
+        );
+
+        // A move onto guest RAM is refused: the device stays where it was.
+        ecam_write(&seg, devfn, 0x10, 0x100_0000 | 0x4);
+        ecam_write(&seg, devfn, 0x14, 0);
+        assert!(
+            mmio.read(new + 0x12, &mut q),
+            "still at the last good address"
+        );
+    }
+}
