@@ -1,11 +1,12 @@
 #!/bin/bash
 # Builds the guest initramfs (static busybox + guest/init.sh), cached by content.
-# Usage: build-initramfs.sh -> prints the path of initrd.cpio.gz
+# Usage: build-initramfs.sh [EXTRA_BINARY...] -> prints the path of initrd.cpio.gz
+# Extra (static) binaries are copied to /bin (guest-side tools such as caravel-blkbench).
 source "$(dirname "$0")/lib.sh"
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing: apt-get install busybox-static"
 file -L "$BUSYBOX" | grep -q 'statically linked' || die "$BUSYBOX is not static: apt-get install busybox-static"
-KEY=$(hash_of "$RIG_DIR/guest/init.sh" "$0" "$BUSYBOX")
+KEY=$(hash_of "$RIG_DIR/guest/init.sh" "$0" "$BUSYBOX" "$@")
 OUT=$CACHE/initrd-$KEY.cpio.gz
 if [ -f "$OUT" ]; then echo "$OUT"; exit 0; fi
 ROOT=$(mktemp -d)
@@ -14,6 +15,7 @@ mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp}
 cp "$BUSYBOX" "$ROOT/bin/busybox"
 for applet in $("$BUSYBOX" --list); do [ "$applet" = busybox ] || ln -s busybox "$ROOT/bin/$applet"; done
 cp "$RIG_DIR/guest/init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
+for extra in "$@"; do cp "$extra" "$ROOT/bin/"; done
 # Without /dev/console the output of /init is lost (devtmpfs is not mounted yet).
 mknod -m 600 "$ROOT/dev/console" c 5 1
 (cd "$ROOT" && find . | cpio -o -H newc 2>/dev/null | gzip -9) > "$OUT.tmp"

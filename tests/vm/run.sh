@@ -6,6 +6,7 @@
 # Usage: tests/vm/run.sh [SCENARIO...]   run scenarios (default: all; caravel-rig --list shows them)
 #        tests/vm/run.sh --demo          boot a guest with Caravel and attach its console to this terminal
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
+#        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 900),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
@@ -19,11 +20,11 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: apt
 
 log "building static caravel binaries"
 (cd "$REPO_DIR" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --target $TARGET \
-   -p caravel -p rig)
+   -p caravel -p rig -p guest-tools)
 BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" x86_64 | tail -n1)
-INITRD=$("$RIG_DIR/build-initramfs.sh" | tail -n1)
+INITRD=$("$RIG_DIR/build-initramfs.sh" "$BIN/caravel-blkbench" | tail -n1)
 L1=$("$RIG_DIR/fetch-l1-kernel.sh" | tail -n1)
 
 ROOT=$(mktemp -d)
@@ -41,7 +42,7 @@ mknod -m 600 "$ROOT/dev/console" c 5 1
 if [ "${1:-}" = --exec ]; then
   printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
 fi
-if [ "${1:-}" = --bench ]; then
+if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
   cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
@@ -57,7 +58,11 @@ if [ "${1:-}" = --demo ]; then
     -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo"
   exit $?
 fi
-if [ "${1:-}" = --bench ]; then ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}"; else ARGS=$(IFS=,; echo "$*"); fi
+case "${1:-}" in
+  --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
+  --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
+  *) ARGS=$(IFS=,; echo "$*") ;;
+esac
 boot_outer() {
   timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
     -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \

@@ -263,3 +263,151 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
     }
     Ok(())
 }
+
+/// One blkbench result line, parsed.
+fn blkbench(s: &mut Session, mode: &str, bs: u32, secs: u32) -> Result<(f64, f64), String> {
+    let lines =
+        crate::scenarios::guest_cmd(s, &format!("caravel-blkbench /dev/vda {mode} {bs} {secs}"))?;
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("BLKBENCH"))
+        .ok_or_else(|| format!("no result: {lines:?}"))?;
+    let get = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok((get("mib_s="), get("iops=")))
+}
+
+/// `caravel-rig --bench-blk`: virtio-blk throughput and IOPS, and exits to the
+/// guest marker with virtio devices attached, Caravel vs QEMU q35.
+pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
+    let img = env.tmp.join("bench-disk.img");
+    let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i >> 9) as u8).collect();
+    let mut data = Vec::with_capacity(256 << 20);
+    for _ in 0..256 {
+        data.extend_from_slice(&pattern);
+    }
+    std::fs::write(&img, &data).map_err(|e| format!("cannot write {}: {e}", img.display()))?;
+    drop(data);
+    let cmdline = "console=ttyS0 quiet panic=-1 caravel.test=interactive";
+    let caravel_args: Vec<String> = [
+        "--kernel",
+        &env.guest("vmlinux"),
+        "--initramfs",
+        &env.guest("initrd.cpio.gz"),
+        "--cmdline",
+        cmdline,
+        "--memory",
+        &format!("size={GUEST_MEM}"),
+        "--disk",
+        &format!("path={}", img.display()),
+        "--rng",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let qemu_args: Vec<String> = [
+        "-L",
+        "/usr/share/qemu",
+        "-L",
+        "/usr/share/seabios",
+        "-M",
+        "q35",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        GUEST_MEM,
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        &env.guest("vmlinux"),
+        "-initrd",
+        &env.guest("initrd.cpio.gz"),
+        "-append",
+        cmdline,
+        "-drive",
+        &format!("file={},if=none,id=d0,format=raw", img.display()),
+        "-device",
+        "virtio-blk-pci,drive=d0",
+        "-device",
+        "virtio-rng-pci",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let runs = [
+        (
+            "caravel",
+            env.bin("caravel").display().to_string(),
+            caravel_args,
+        ),
+        (
+            "qemu 7.2 -M q35 virtio-blk-pci",
+            "/usr/bin/qemu-system-x86_64".to_string(),
+            qemu_args,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, program, args) in &runs {
+        if !Path::new(program).exists() {
+            println!("{prefix}# {name}: {program} not present, skipped");
+            continue;
+        }
+        let mut s = Session::spawn(Path::new(program), args)?;
+        let (_, marker) = s.expect("CARAVEL-MARKER", TIMEOUT)?;
+        let exits = kvm_exits(s.pid());
+        let rss = rss_without_guest(s.pid());
+        blkbench(&mut s, "seq", 1 << 20, 1)?; // warm-up
+        let (seq_mib, _) = blkbench(&mut s, "seq", 1 << 20, secs)?;
+        let (rand_mib, rand_iops) = blkbench(&mut s, "rand", 4096, secs)?;
+        s.expect("CARAVEL-READY", TIMEOUT)?;
+        s.send("poweroff")?;
+        let _ = s.wait(TIMEOUT)?;
+        rows.push((
+            *name,
+            marker.as_secs_f64(),
+            exits,
+            rss,
+            seq_mib,
+            rand_mib,
+            rand_iops,
+        ));
+    }
+    let base = rows.first().cloned();
+    println!("{prefix}");
+    println!("{prefix}virtio-blk, 256 MiB raw image in the outer VM's tmpfs, guest O_DIRECT reads for {secs} s each, 1 vCPU:");
+    println!("{prefix}");
+    println!("{prefix}| VMM | start -> marker | KVM exits to marker: {} | RSS without guest RAM | seq 1 MiB read | rand 4 KiB read | rand 4 KiB IOPS |", EXIT_STATS.join(" / "));
+    println!("{prefix}| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, marker, exits, rss, seq, rand, iops) in &rows {
+        let ratio = |v: f64, b: f64| {
+            if b > 0.0 {
+                format!(" ({:.2}x)", v / b)
+            } else {
+                String::new()
+            }
+        };
+        let (bs, br, bi) = base.as_ref().map_or((0.0, 0.0, 0.0), |b| (b.4, b.5, b.6));
+        println!(
+            "{prefix}| {name} | {marker:.3} s | {} | {:.1} MiB | {seq:.1} MiB/s{} | {rand:.1} MiB/s{} | {iops:.0}{} |",
+            exits.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" / "),
+            *rss as f64 / 1024.0,
+            ratio(*seq, bs),
+            ratio(*rand, br),
+            ratio(*iops, bi),
+        );
+    }
+    let _ = std::fs::remove_file(&img);
+    Ok(())
+}

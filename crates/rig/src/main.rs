@@ -55,6 +55,7 @@ fn main() {
     let mut wanted = Vec::new();
     let mut bench_runs = None;
     let mut bench_vcpus = 1;
+    let mut bench_blk = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -62,6 +63,9 @@ fn main() {
             "--guest" => env.guest = args.next().unwrap_or_default().into(),
             "--prefix" => PREFIX.with(|p| *p.borrow_mut() = args.next().unwrap_or_default()),
             "--bench" => bench_runs = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5)),
+            "--bench-blk" => {
+                bench_blk = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5))
+            }
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
                 for s in scenarios::ALL {
@@ -71,6 +75,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if let Some(secs) = bench_blk {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = bench::run_blk(&env, secs, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if let Some(runs) = bench_runs {
         let prefix = PREFIX.with(|p| p.borrow().clone());

@@ -1,0 +1,1 @@
+//! Programs for the inside of Caravel's test guests; see `src/bin`.
