@@ -39,6 +39,48 @@ pub struct VmInfoResponse {
     pub boot_count: u64,
     /// The VM's PCI devices.
     pub devices: Vec<DeviceInfo>,
+    /// Boot RAM and the hotplug region.
+    pub memory: MemoryInfo,
+}
+
+/// Guest memory in `vm.info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemoryInfo {
+    /// Boot RAM in bytes.
+    pub boot_size: u64,
+    /// The virtio-mem device, if configured.
+    pub hotplug: Option<HotplugInfo>,
+}
+
+/// The virtio-mem device's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HotplugInfo {
+    /// Guest-physical start of the region.
+    pub addr: u64,
+    /// Size of the region.
+    pub region_size: u64,
+    /// Plug granularity.
+    pub block_size: u64,
+    /// How much of the region the guest may use now.
+    pub usable_region_size: u64,
+    /// What the host asks the guest to plug.
+    pub requested_size: u64,
+    /// What the guest has plugged.
+    pub plugged_size: u64,
+    /// Whether the guest's driver has started the device.
+    pub driver_active: bool,
+}
+
+/// `PUT /api/v1/vm.resize` (Cloud Hypervisor's `VmResize`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmResizeRequest {
+    /// Total guest RAM wanted: boot RAM plus hotplugged memory, in bytes.
+    pub desired_ram: Option<u64>,
+    /// Not supported by Caravel.
+    pub desired_vcpus: Option<u32>,
+    /// Not supported by Caravel.
+    pub desired_balloon: Option<u64>,
 }
 
 /// A device in `vm.info`.

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use vmm::config::{
-    ConsoleConfig, CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, Payload, VmConfig,
+    ConsoleConfig, CpusConfig, DiskConfig, HotplugConfig, LinuxPayload, MemoryConfig, Payload,
+    VmConfig,
 };
 
 use crate::options::{KeyValues, OptionError};
@@ -55,8 +56,13 @@ pub struct Args {
     #[arg(long, value_name = "boot=N", default_value = "boot=1")]
     pub cpus: String,
 
-    /// Guest RAM: size=SIZE with a K, M, G or T suffix (at least 16M).
-    #[arg(long, value_name = "size=SIZE", default_value = "size=512M")]
+    /// Guest RAM: size=SIZE[,hotplug_size=SIZE[,hotplugged_size=SIZE][,block_size=SIZE]]
+    /// [,shared=on][,hugepages=on]. Sizes take K, M, G or T. hotplug_size adds a
+    /// virtio-mem region (a multiple of 128M) resizable at run time with
+    /// caravel-remote resize; hotplugged_size is plugged at boot; block_size
+    /// (a power of two, default 2M) is the plug granularity. shared=on backs
+    /// memory with a memfd, hugepages=on with hugetlbfs (2M pages).
+    #[arg(long, value_name = "size=SIZE[,..]", default_value = "size=512M")]
     pub memory: String,
 
     /// COM1 output: tty (stdin/stdout; raw mode on a terminal), off, or file=PATH.
@@ -131,34 +137,112 @@ pub fn parse_cpus(s: &str) -> Result<CpusConfig, OptionError> {
     Ok(CpusConfig { boot_vcpus: boot })
 }
 
+/// Hotplug regions are cut in 128 MiB slots (Linux memory blocks).
+const SLOT: u64 = 128 << 20;
+/// Smallest virtio-mem block.
+const MIN_BLOCK: u64 = 2 << 20;
+
 /// Parses `--memory`.
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
-    let kv = KeyValues::parse("--memory", s, &["size"], None)?;
+    let flag = "--memory";
+    let kv = KeyValues::parse(
+        flag,
+        s,
+        &[
+            "size",
+            "hotplug_method",
+            "hotplug_size",
+            "hotplugged_size",
+            "block_size",
+            "shared",
+            "hugepages",
+        ],
+        None,
+    )?;
     let size = kv
         .size("size")?
-        .ok_or_else(|| OptionError::new("--memory", "size=SIZE is required, e.g. size=512M"))?;
+        .ok_or_else(|| OptionError::new(flag, "size=SIZE is required, e.g. size=512M"))?;
+    let fmt = arch::format_size;
     if size < MIN_MEMORY {
         return Err(OptionError::new(
-            "--memory",
-            format!(
-                "size={} is too small (at least 16M)",
-                arch::format_size(size)
-            ),
+            flag,
+            format!("size={} is too small (at least 16M)", fmt(size)),
         ));
     }
     if size > MAX_MEMORY {
         return Err(OptionError::new(
-            "--memory",
-            format!("size={} does not fit (at most 1T)", arch::format_size(size)),
+            flag,
+            format!("size={} does not fit (at most 1T)", fmt(size)),
         ));
     }
-    if size % 4096 != 0 {
+    let hugepages = kv.toggle("hugepages")?.unwrap_or(false);
+    let page = if hugepages { 2 << 20 } else { 4096 };
+    if size % page != 0 {
         return Err(OptionError::new(
-            "--memory",
-            format!("size={size} is not a multiple of 4K"),
+            flag,
+            format!(
+                "size={size} is not a multiple of the page size ({})",
+                fmt(page)
+            ),
         ));
     }
-    Ok(MemoryConfig { size })
+    let hotplug_size = kv.size("hotplug_size")?;
+    let hotplug = match hotplug_size {
+        None => {
+            for k in ["hotplug_method", "hotplugged_size", "block_size"] {
+                if kv.get(k).is_some() {
+                    return Err(OptionError::new(
+                        flag,
+                        format!("{k}= needs hotplug_size=SIZE"),
+                    ));
+                }
+            }
+            None
+        }
+        Some(hs) => {
+            match kv.get("hotplug_method") {
+                None | Some("virtio-mem") => {}
+                Some(other) => {
+                    return Err(OptionError::new(flag, format!("hotplug_method={other} is not supported; Caravel hotplugs memory with hotplug_method=virtio-mem")))
+                }
+            }
+            let block = kv.size("block_size")?.unwrap_or(MIN_BLOCK);
+            if !block.is_power_of_two() || block < MIN_BLOCK {
+                return Err(OptionError::new(
+                    flag,
+                    format!(
+                        "block_size={} must be a power of two of at least 2M",
+                        fmt(block)
+                    ),
+                ));
+            }
+            let granule = block.max(SLOT);
+            if hs == 0 || hs % granule != 0 {
+                return Err(OptionError::new(flag, format!("hotplug_size={} must be a non-zero multiple of {} (the larger of 128M and block_size)", fmt(hs), fmt(granule))));
+            }
+            if hs > MAX_MEMORY {
+                return Err(OptionError::new(
+                    flag,
+                    format!("hotplug_size={} does not fit (at most 1T)", fmt(hs)),
+                ));
+            }
+            let plugged = kv.size("hotplugged_size")?.unwrap_or(0);
+            if plugged > hs || plugged % block != 0 {
+                return Err(OptionError::new(flag, format!("hotplugged_size={} must be a multiple of block_size ({}) and at most hotplug_size ({})", fmt(plugged), fmt(block), fmt(hs))));
+            }
+            Some(HotplugConfig {
+                hotplug_size: hs,
+                hotplugged_size: plugged,
+                block_size: block,
+            })
+        }
+    };
+    Ok(MemoryConfig {
+        size,
+        shared: kv.toggle("shared")?.unwrap_or(false),
+        hugepages,
+        hotplug,
+    })
 }
 
 /// Parses one `--disk`.
@@ -334,9 +418,41 @@ mod tests {
         assert!(err(&["--memory", "size=1M"]).starts_with("--memory: size=1M is too small"));
         assert!(err(&["--memory", "size=2T"]).starts_with("--memory: size=2T does not fit"));
         assert!(err(&["--memory", "size=16777217"])
-            .starts_with("--memory: size=16777217 is not a multiple of 4K"));
+            .starts_with("--memory: size=16777217 is not a multiple of the page size (4K)"));
         assert!(err(&["--memory", "size=12Q"]).starts_with("--memory: size=12Q: "));
         assert!(err(&["--memory", "hotplug=1G"]).starts_with("--memory: unknown key"));
+        assert!(err(&["--memory", "size=256M,hotplug_size=100M"])
+            .starts_with("--memory: hotplug_size=100M must be a non-zero multiple of 128M"));
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1G,block_size=3M"])
+                .starts_with("--memory: block_size=3M must be a power of two")
+        );
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1G,block_size=1M"])
+                .starts_with("--memory: block_size=1M must be a power of two of at least 2M")
+        );
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1152M,block_size=256M"])
+                .starts_with("--memory: hotplug_size=1152M must be a non-zero multiple of 256M")
+        );
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1G,hotplugged_size=2G"])
+                .starts_with("--memory: hotplugged_size=2G must be")
+        );
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1G,hotplugged_size=3M"])
+                .starts_with("--memory: hotplugged_size=3M must be a multiple of block_size")
+        );
+        assert!(err(&["--memory", "size=256M,hotplugged_size=2M"])
+            .starts_with("--memory: hotplugged_size= needs hotplug_size=SIZE"));
+        assert!(
+            err(&["--memory", "size=256M,hotplug_size=1G,hotplug_method=acpi"])
+                .contains("hotplug_method=virtio-mem")
+        );
+        assert!(err(&["--memory", "size=255M,hugepages=on"])
+            .starts_with("--memory: size=267386880 is not a multiple of the page size (2M)"));
+        assert!(err(&["--memory", "size=256M,shared=maybe"])
+            .starts_with("--memory: shared=maybe: use on or off"));
         assert!(
             err(&["--serial", "pty"]).starts_with("--serial: 'pty' is not tty, off or file=PATH")
         );
@@ -354,6 +470,42 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("--kernel: cannot open /nonexistent"));
+    }
+
+    #[test]
+    fn memory_hotplug() {
+        let c = args(&[
+            "--memory",
+            "size=256M,hotplug_method=virtio-mem,hotplug_size=1G,hotplugged_size=512M,shared=on",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(c.memory.size, 256 << 20);
+        assert!(c.memory.shared && !c.memory.hugepages);
+        assert_eq!(
+            c.memory.hotplug,
+            Some(HotplugConfig {
+                hotplug_size: 1 << 30,
+                hotplugged_size: 512 << 20,
+                block_size: 2 << 20
+            })
+        );
+        let c = args(&[
+            "--memory",
+            "size=1G,hotplug_size=2G,block_size=256M,hugepages=on",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(c.memory.hotplug.unwrap().block_size, 256 << 20);
+        assert!(c.memory.hugepages);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["memory"]["hotplug_size"],
+            2u64 << 30,
+            "Cloud Hypervisor's field names, flattened"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `caravel-remote`: a client for the control API, like Cloud Hypervisor's `ch-remote`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::client;
 use api::http::Method;
+use api::types::VmInfoResponse;
 use clap::{Parser, Subcommand};
 
 /// Command-line arguments of `caravel-remote`.
@@ -37,6 +38,23 @@ pub enum Command {
     Info,
     /// Shut the VM down; caravel then exits with status 0.
     Shutdown,
+    /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
+    Resize {
+        /// Total RAM wanted, e.g. 768M (boot size + a multiple of the block size).
+        #[arg(long, value_name = "SIZE")]
+        memory: String,
+        /// Return only when the guest has plugged (or unplugged) to the new size.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits before reporting how far the guest got.
+        #[arg(
+            long = "wait-timeout",
+            visible_alias = "timeout",
+            value_name = "SECONDS",
+            default_value_t = 30.0
+        )]
+        wait_timeout: f64,
+    },
 }
 
 /// Outcome of one command: what to print and the exit status.
@@ -55,21 +73,108 @@ fn pretty(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
+fn failure(text: String) -> Outcome {
+    Outcome { text, status: 1 }
+}
+
+/// Polls `vm.info` until the plugged size equals the requested size.
+fn wait_for_plug(args: &RemoteArgs, timeout: Duration) -> Outcome {
+    let fmt = arch::format_size;
+    let start = Instant::now();
+    loop {
+        let info = match client::request(
+            &args.api_socket,
+            Method::Get,
+            "/api/v1/vm.info",
+            None,
+            Duration::from_secs(args.timeout),
+        ) {
+            Ok(r) if r.status == 200 => r
+                .body
+                .and_then(|b| serde_json::from_slice::<VmInfoResponse>(&b).ok()),
+            _ => None,
+        };
+        let Some(h) = info.and_then(|i| i.memory.hotplug) else {
+            return failure(
+                "caravel-remote: cannot read vm.info while waiting (did the VM stop?)".into(),
+            );
+        };
+        if h.plugged_size == h.requested_size {
+            return Outcome {
+                text: format!(
+                    "plugged {} (requested {}) after {:.2} s",
+                    fmt(h.plugged_size),
+                    fmt(h.requested_size),
+                    start.elapsed().as_secs_f64()
+                ),
+                status: 0,
+            };
+        }
+        if start.elapsed() >= timeout {
+            let why = if !h.driver_active {
+                "the guest has not started a virtio-mem driver (a kernel without CONFIG_VIRTIO_MEM, or still booting)"
+            } else if h.plugged_size < h.requested_size {
+                "the guest driver is running but did not plug more: is hot-added memory onlined (memhp_default_state=online_movable)?"
+            } else {
+                "the guest driver is running but could not unplug more: the memory is in use or not movable"
+            };
+            return failure(format!(
+                "caravel-remote: timed out after {:.1} s: the guest plugged {} of {} requested; {why}",
+                timeout.as_secs_f64(),
+                fmt(h.plugged_size),
+                fmt(h.requested_size)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs one command.
 pub fn run(args: &RemoteArgs) -> Outcome {
-    let (method, endpoint) = match args.command {
+    let mut body = None;
+    let (method, endpoint) = match &args.command {
         Command::Ping => (Method::Get, "vmm.ping"),
         Command::Info => (Method::Get, "vm.info"),
         Command::Shutdown => (Method::Put, "vm.shutdown"),
+        Command::Resize { memory, .. } => match arch::parse_size(memory) {
+            Ok(bytes) => {
+                body = Some(
+                    serde_json::json!({ "desired_ram": bytes })
+                        .to_string()
+                        .into_bytes(),
+                );
+                (Method::Put, "vm.resize")
+            }
+            Err(e) => {
+                return Outcome {
+                    text: format!("caravel-remote: --memory: {e}"),
+                    status: 2,
+                }
+            }
+        },
     };
     let path = format!("{}{endpoint}", api::API_PREFIX);
-    match client::request(
+    let result = client::request(
         &args.api_socket,
         method,
         &path,
-        None,
+        body.as_deref(),
         Duration::from_secs(args.timeout),
-    ) {
+    );
+    if let (
+        Ok(r),
+        Command::Resize {
+            wait: true,
+            wait_timeout,
+            ..
+        },
+    ) = (&result, &args.command)
+    {
+        if (200..300).contains(&r.status) {
+            return wait_for_plug(args, Duration::from_secs_f64(wait_timeout.max(0.0)));
+        }
+    }
+    match result {
         Ok(r) if (200..300).contains(&r.status) => Outcome {
             text: r.body.as_deref().map(pretty).unwrap_or_default(),
             status: 0,

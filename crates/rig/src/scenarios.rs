@@ -43,9 +43,21 @@ pub const ALL: &[Scenario] = &[
         name: "pci-virtio-blk-console-rng",
         run: virtio_devices,
     },
+    Scenario {
+        name: "virtio-mem-resize",
+        run: crate::mem_scenarios::resize_anonymous,
+    },
+    Scenario {
+        name: "virtio-mem-shared-memfd",
+        run: crate::mem_scenarios::resize_shared,
+    },
+    Scenario {
+        name: "virtio-mem-no-driver-wait-times-out",
+        run: crate::mem_scenarios::no_driver,
+    },
 ];
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn caravel_args(env: &Env, kernel: &str, test: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = vec![
@@ -66,7 +78,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
 
-fn expect_exit(s: &mut Session, code: i32) -> Result<Duration, String> {
+pub fn expect_exit(s: &mut Session, code: i32) -> Result<Duration, String> {
     let (status, t) = s.wait(BOOT_TIMEOUT)?;
     if status.code() != Some(code) {
         return Err(format!(
@@ -149,7 +161,7 @@ fn no_reboot(env: &Env) -> Result<String, String> {
     Ok(format!("exit 0 at {:.2} s", t.as_secs_f64()))
 }
 
-fn remote(env: &Env, sock: &str, cmd: &str) -> Result<String, String> {
+pub fn remote(env: &Env, sock: &str, cmd: &str) -> Result<String, String> {
     let out = std::process::Command::new(env.bin("caravel-remote"))
         .args(["--api-socket", sock, cmd])
         .output()

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod mem;
 mod queue_util;
 pub mod rng;
 #[cfg(test)]

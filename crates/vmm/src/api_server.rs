@@ -29,12 +29,36 @@ pub struct ApiShared {
     pub state: VmState,
     /// Boots so far.
     pub boot_count: u64,
-    /// RAM the guest has now.
-    pub memory_actual_size: u64,
     /// The configuration as JSON.
     pub config: serde_json::Value,
     /// The VM's devices.
     pub devices: Vec<api::types::DeviceInfo>,
+    /// Boot RAM in bytes.
+    pub boot_size: u64,
+    /// The running VM's virtio-mem device.
+    pub memory_device: Option<virtio::mem::MemHandle>,
+}
+
+impl ApiShared {
+    /// The memory section of `vm.info`.
+    pub fn memory_info(&self) -> api::types::MemoryInfo {
+        let hotplug = self.memory_device.as_ref().map(|m| {
+            let i = m.info();
+            api::types::HotplugInfo {
+                addr: i.geometry.addr,
+                region_size: i.geometry.region_size,
+                block_size: i.geometry.block_size,
+                usable_region_size: i.usable_region_size,
+                requested_size: i.requested_size,
+                plugged_size: i.plugged_size,
+                driver_active: i.driver_active,
+            }
+        });
+        api::types::MemoryInfo {
+            boot_size: self.boot_size,
+            hotplug,
+        }
+    }
 }
 
 /// A request the VMM's event loop must carry out.
@@ -42,6 +66,11 @@ pub struct ApiShared {
 pub enum ApiCommand {
     /// Stop the VM and exit (`vm.shutdown`, `vmm.shutdown`).
     Shutdown,
+    /// Set total guest RAM (`vm.resize`).
+    Resize {
+        /// Boot RAM plus hotplugged memory, in bytes.
+        desired_ram: u64,
+    },
 }
 
 /// A command with the channel its response goes to.
@@ -168,6 +197,7 @@ const ENDPOINTS: &[(&str, Method)] = &[
     ("vmm.ping", Method::Get),
     ("vm.info", Method::Get),
     ("vm.shutdown", Method::Put),
+    ("vm.resize", Method::Put),
     ("vmm.shutdown", Method::Put),
 ];
 
@@ -190,15 +220,33 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         }),
         "vm.info" => {
             let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let memory = s.memory_info();
+            let plugged = memory.hotplug.as_ref().map_or(0, |h| h.plugged_size);
             json(&VmInfoResponse {
                 config: s.config,
                 state: s.state,
-                memory_actual_size: s.memory_actual_size,
+                memory_actual_size: s.boot_size + plugged,
                 boot_count: s.boot_count,
                 devices: s.devices,
+                memory,
             })
         }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
+        "vm.resize" => match serde_json::from_slice::<api::types::VmResizeRequest>(&req.body) {
+            Err(e) => Response::error(
+                400,
+                &format!("vm.resize body: {e} (expected {{\"desired_ram\": BYTES}})"),
+            ),
+            Ok(r) if r.desired_vcpus.is_some() || r.desired_balloon.is_some() => Response::error(
+                400,
+                "only desired_ram can be resized (no vCPU hotplug or balloon in Caravel)",
+            ),
+            Ok(api::types::VmResizeRequest {
+                desired_ram: Some(desired_ram),
+                ..
+            }) => send_command(ctx, ApiCommand::Resize { desired_ram }),
+            Ok(_) => Response::error(400, "vm.resize needs desired_ram"),
+        },
         _ => Response::error(404, "unknown endpoint"),
     }
 }
@@ -212,7 +260,8 @@ mod tests {
         Arc::new(Mutex::new(ApiShared {
             state: VmState::Running,
             boot_count: 1,
-            memory_actual_size: 256 << 20,
+            boot_size: 256 << 20,
+            memory_device: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))
@@ -274,7 +323,14 @@ mod tests {
         let (_server, cmds) = ApiServer::start(&path, shared()).unwrap();
         let vmm = std::thread::spawn(move || {
             let (cmd, reply) = cmds.rx.recv().unwrap();
-            assert!(cmds.wake.read().unwrap() >= 1);
+            // The wake-up is written just after the command is queued.
+            let woke = (0..1000).any(|_| {
+                cmds.wake.read().is_ok() || {
+                    std::thread::sleep(Duration::from_millis(1));
+                    false
+                }
+            });
+            assert!(woke, "the VMM thread is woken for each command");
             reply.send(Response::no_content()).unwrap();
             cmd
         });

@@ -44,6 +44,47 @@ pub struct CpusConfig {
 pub struct MemoryConfig {
     /// Boot RAM in bytes.
     pub size: u64,
+    /// Back guest memory with a memfd mapped shared.
+    pub shared: bool,
+    /// Back guest memory with hugetlbfs pages.
+    pub hugepages: bool,
+    /// A virtio-mem hotplug region.
+    #[serde(flatten)]
+    pub hotplug: Option<HotplugConfig>,
+}
+
+impl MemoryConfig {
+    /// Boot RAM of `size` bytes, private anonymous, no hotplug.
+    pub fn boot_only(size: u64) -> Self {
+        Self {
+            size,
+            shared: false,
+            hugepages: false,
+            hotplug: None,
+        }
+    }
+}
+
+/// The virtio-mem part of `--memory` (`hotplug_method=virtio-mem`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HotplugConfig {
+    /// Size of the hotplug region (a multiple of the slot size).
+    pub hotplug_size: u64,
+    /// Bytes requested at boot.
+    pub hotplugged_size: u64,
+    /// virtio-mem block size (a power of two, at least 2 MiB).
+    pub block_size: u64,
+}
+
+/// Linux's memory block size on x86_64 guests, the granularity of KVM
+/// memslots in the hotplug region.
+pub const HOTPLUG_SLOT_SIZE: u64 = 128 << 20;
+
+impl HotplugConfig {
+    /// KVM slot size: a Linux memory block, or a block if blocks are larger.
+    pub fn slot_size(&self) -> u64 {
+        self.block_size.max(HOTPLUG_SLOT_SIZE)
+    }
 }
 
 /// `--disk`
@@ -107,7 +148,7 @@ impl VmConfig {
     pub fn new(payload: Payload) -> Self {
         Self {
             cpus: CpusConfig { boot_vcpus: 1 },
-            memory: MemoryConfig { size: 512 << 20 },
+            memory: MemoryConfig::boot_only(512 << 20),
             payload,
             serial: ConsoleConfig::Off,
             console: ConsoleConfig::Off,

@@ -11,6 +11,7 @@ pub mod console;
 mod error;
 pub mod events;
 pub mod exit;
+mod hotplug;
 pub mod interrupt;
 pub mod memory;
 mod pci_segment;

@@ -4,9 +4,15 @@
 //! Each region is mapped at a host address aligned to 2 MiB (or the huge page
 //! size), so transparent huge pages back it and KVM can map the guest with
 //! 2 MiB pages: fewer nested page faults (hosts before Linux 6.7 do not align
-//! large anonymous mappings by themselves). Memory is private anonymous by
-//! default; nothing is touched until the guest writes.
+//! large anonymous mappings by themselves). Nothing is touched until the
+//! guest writes.
+//!
+//! Backings: private anonymous memory (default), a memfd mapped shared
+//! (`shared=on`), or a hugetlbfs memfd (`hugepages=on`). Memory is returned to
+//! the host with `MADV_DONTNEED` (anonymous) or `FALLOC_FL_PUNCH_HOLE` (memfd).
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
@@ -15,31 +21,70 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
 };
+use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 use crate::{Error, Result};
 
 /// Host alignment of guest RAM mappings.
 pub const HOST_ALIGN: usize = 2 << 20;
 
+/// What backs guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backing {
+    /// Private anonymous memory.
+    Anonymous,
+    /// A memfd mapped `MAP_SHARED`.
+    Shared,
+    /// A hugetlbfs memfd (default huge page size), mapped `MAP_SHARED`.
+    HugeTlb,
+}
+
 /// One host mapping backing guest RAM; unmapped on drop.
 #[derive(Debug)]
 pub struct HostMapping {
     addr: *mut u8,
     size: usize,
+    memfd: Option<File>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; sharing its address
 // between threads is what guest memory is for, and every access goes through
-// vm-memory's volatile accessors.
+// vm-memory's volatile accessors or the kernel.
 unsafe impl Send for HostMapping {}
 // SAFETY: see `Send`; the struct itself is immutable.
 unsafe impl Sync for HostMapping {}
 
+fn memfd(name: &str, hugetlb: bool, size: usize) -> std::io::Result<File> {
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    let flags = libc::MFD_CLOEXEC | if hugetlb { libc::MFD_HUGETLB } else { 0 };
+    // SAFETY: `cname` is a valid NUL-terminated string; the result is checked.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size as u64)?;
+    Ok(f)
+}
+
 impl HostMapping {
-    /// Maps `size` bytes of private anonymous memory at a host address aligned
-    /// to `align` (a power of two, multiple of the page size).
-    pub fn anonymous(size: usize, align: usize) -> std::io::Result<Self> {
-        let reserve = size
+    /// Maps `size` bytes backed by `backing` at a host address aligned to
+    /// `align`. `reserve` asks the kernel to reserve the memory up front
+    /// (hugetlbfs boot RAM: fail now rather than SIGBUS later).
+    pub fn new(
+        size: usize,
+        align: usize,
+        backing: Backing,
+        reserve: bool,
+    ) -> std::io::Result<Self> {
+        let memfd = match backing {
+            Backing::Anonymous => None,
+            Backing::Shared => Some(memfd("caravel-ram", false, size)?),
+            Backing::HugeTlb => Some(memfd("caravel-ram-huge", true, size)?),
+        };
+        let reserve_len = size
             .checked_add(align)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: a fresh PROT_NONE reservation at an address of the kernel's
@@ -47,7 +92,7 @@ impl HostMapping {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                reserve,
+                reserve_len,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -58,6 +103,11 @@ impl HostMapping {
             return Err(std::io::Error::last_os_error());
         }
         let start = (base as usize).next_multiple_of(align);
+        let noreserve = if reserve { 0 } else { libc::MAP_NORESERVE };
+        let (flags, fd) = match &memfd {
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve, -1),
+            Some(f) => (libc::MAP_SHARED | noreserve, f.as_raw_fd()),
+        };
         // SAFETY: [start, start + size) lies inside the reservation made above,
         // which nothing else uses; MAP_FIXED replaces only that reservation.
         let addr = unsafe {
@@ -65,13 +115,13 @@ impl HostMapping {
                 start as *mut libc::c_void,
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
+                flags | libc::MAP_FIXED,
+                fd,
                 0,
             )
         };
         let head = start - base as usize;
-        let tail = reserve - head - size;
+        let tail = reserve_len - head - size;
         // SAFETY: the head and tail are the unused parts of our own reservation.
         unsafe {
             if head > 0 {
@@ -87,18 +137,26 @@ impl HostMapping {
             unsafe { libc::munmap(start as *mut libc::c_void, size) };
             return Err(e);
         }
-        // SAFETY: `addr` is the start of the mapping just created, `size` long.
-        let ret = unsafe { libc::madvise(addr, size, libc::MADV_HUGEPAGE) };
-        if ret != 0 {
-            log::debug!(
-                "MADV_HUGEPAGE not applied: {}",
-                std::io::Error::last_os_error()
-            );
+        if backing != Backing::HugeTlb {
+            // SAFETY: `addr` is the start of the mapping just created, `size` long.
+            let ret = unsafe { libc::madvise(addr, size, libc::MADV_HUGEPAGE) };
+            if ret != 0 {
+                log::debug!(
+                    "MADV_HUGEPAGE not applied: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
         Ok(Self {
             addr: addr.cast(),
             size,
+            memfd,
         })
+    }
+
+    /// Private anonymous memory (tests, simple callers).
+    pub fn anonymous(size: usize, align: usize) -> std::io::Result<Self> {
+        Self::new(size, align, Backing::Anonymous, false)
     }
 
     /// Host address of the first byte.
@@ -115,13 +173,63 @@ impl HostMapping {
     pub fn is_empty(&self) -> bool {
         self.size == 0
     }
+
+    fn check(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size as u64 => Ok(()),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    /// Returns `[offset, offset + len)` to the host: its contents are lost and
+    /// read back as zeros.
+    pub fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.check(offset, len)?;
+        match &self.memfd {
+            Some(f) => fallocate(f, FallocateMode::PunchHole, true, offset, len)
+                .map_err(|e| std::io::Error::from_raw_os_error(e.errno())),
+            None => {
+                // SAFETY: the range lies inside our own anonymous mapping
+                // (checked above); MADV_DONTNEED drops its pages, which read
+                // back as zeros. No Rust reference points into guest memory.
+                let r = unsafe {
+                    libc::madvise(
+                        self.addr.add(offset as usize).cast(),
+                        len as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        }
+    }
+
+    /// Allocates backing for `[offset, offset + len)` (memfd only; a no-op
+    /// for anonymous memory, which is allocated on touch).
+    pub fn populate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.check(offset, len)?;
+        let Some(f) = &self.memfd else { return Ok(()) };
+        // SAFETY: plain fallocate(2) on our own memfd with mode 0 (allocate);
+        // arguments are checked against the file size above.
+        let r =
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as libc::off_t, len as libc::off_t) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
 }
 
 impl Drop for HostMapping {
     fn drop(&mut self) {
         // SAFETY: we created this mapping and are its only owner; every
-        // GuestMemoryMmap built on it holds an Arc to this value, so none
-        // outlives it.
+        // GuestMemoryMmap built on it is held next to an Arc of this value
+        // (see `GuestRam`), so none outlives it.
         unsafe { libc::munmap(self.addr.cast(), self.size) };
     }
 }
@@ -133,20 +241,41 @@ impl Drop for HostMapping {
 /// may outlive its creator.
 #[derive(Debug, Clone)]
 pub struct GuestRam {
-    /// The guest's memory as vm-memory sees it.
+    /// The guest's memory as vm-memory sees it (boot RAM and any hotplug region).
     pub memory: GuestMemoryMmap,
     mappings: Vec<Arc<HostMapping>>,
+    boot_regions: usize,
 }
 
 impl GuestRam {
-    /// Maps `ranges` (guest address, size).
+    /// Maps boot RAM `ranges` (guest address, size) as private anonymous memory.
     pub fn new(ranges: &[(u64, u64)]) -> Result<Self> {
+        Self::with_backing(ranges, None, Backing::Anonymous)
+    }
+
+    /// Maps boot RAM `ranges` and an optional hotplug region with `backing`.
+    /// The hotplug region is never reserved up front.
+    pub fn with_backing(
+        ranges: &[(u64, u64)],
+        hotplug: Option<(u64, u64)>,
+        backing: Backing,
+    ) -> Result<Self> {
         let mut regions = Vec::new();
         let mut mappings = Vec::new();
-        for &(gpa, size) in ranges {
+        let all = ranges
+            .iter()
+            .map(|&r| (r, true))
+            .chain(hotplug.map(|r| (r, false)));
+        for ((gpa, size), boot) in all {
+            let reserve = boot && backing == Backing::HugeTlb;
             let map = Arc::new(
-                HostMapping::anonymous(size as usize, HOST_ALIGN).map_err(|e| {
-                    Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}"))
+                HostMapping::new(size as usize, HOST_ALIGN, backing, reserve).map_err(|e| {
+                    let hint = if backing == Backing::HugeTlb {
+                        " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)"
+                    } else {
+                        ""
+                    };
+                    Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}{hint}"))
                 })?,
             );
             // SAFETY: `map` is a live mapping of exactly `size` bytes, and it
@@ -154,7 +283,6 @@ impl GuestRam {
             let region =
                 unsafe { MmapRegionBuilder::new(map.len()).with_raw_mmap_pointer(map.as_ptr()) }
                     .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                    .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
                     .build()
                     .map_err(|e| Error::Memory(format!("cannot describe guest RAM: {e}")))?;
             let region = GuestRegionMmap::new(region, GuestAddress(gpa)).ok_or_else(|| {
@@ -165,37 +293,49 @@ impl GuestRam {
         }
         let memory = GuestMemoryMmap::from_regions(regions)
             .map_err(|e| Error::Memory(format!("guest RAM layout: {e}")))?;
-        Ok(Self { memory, mappings })
+        Ok(Self {
+            memory,
+            mappings,
+            boot_regions: ranges.len(),
+        })
     }
 
-    /// The host mappings, in guest address order.
+    /// The host mappings, in guest address order (boot RAM, then hotplug).
     pub fn mappings(&self) -> &[Arc<HostMapping>] {
         &self.mappings
     }
-}
 
-/// Registers every region of `mem` with KVM, slots numbered from 0.
-///
-/// The caller must keep `mem` (and its mappings) alive for as long as `vm` can
-/// run vCPUs: the slots point at its host mappings.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<u32> {
-    let mut slot = 0;
-    for region in mem.iter() {
-        let r = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-        };
-        // SAFETY: the region is a live mapping of exactly `memory_size` bytes
-        // owned by a `GuestRam` that the VM owner keeps until after the VM fd
-        // (and with it every vCPU) is closed; see `Vm`'s field order.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        slot += 1;
+    /// The hotplug region's mapping, if there is one.
+    pub fn hotplug_mapping(&self) -> Option<&Arc<HostMapping>> {
+        self.mappings.get(self.boot_regions)
     }
-    Ok(slot)
+
+    /// Registers the boot RAM regions with KVM as slots 0.. and returns the
+    /// next free slot number. The hotplug region is registered per slot by
+    /// the virtio-mem backend.
+    ///
+    /// The caller must keep `self` alive for as long as `vm` can run vCPUs:
+    /// the slots point at its host mappings.
+    pub fn register_boot(&self, vm: &VmFd) -> Result<u32> {
+        let mut slot = 0;
+        for region in self.memory.iter().take(self.boot_regions) {
+            let r = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping of exactly `memory_size`
+            // bytes owned by this GuestRam, which the VM owner keeps until
+            // after the VM fd (and with it every vCPU) is closed; see `Vm`'s
+            // field order.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+            slot += 1;
+        }
+        Ok(slot)
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +375,59 @@ mod tests {
                 .unwrap(),
             0xdead_beef
         );
+        assert!(clone.hotplug_mapping().is_none());
+    }
+
+    fn rss_of(map: &HostMapping) -> usize {
+        // Pages resident in the mapping, from mincore(2).
+        let pages = map.len() / 4096;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the address range is our own mapping and `vec` has one byte
+        // per page of it, as mincore requires.
+        let r = unsafe { libc::mincore(map.as_ptr().cast(), map.len(), vec.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn discard_returns_memory_for_anonymous_and_memfd_backings() {
+        for backing in [Backing::Anonymous, Backing::Shared] {
+            let ram =
+                GuestRam::with_backing(&[(0, 2 << 20)], Some((1 << 32, 8 << 20)), backing).unwrap();
+            let hp = ram.hotplug_mapping().unwrap().clone();
+            ram.memory
+                .write_slice(&vec![0xa5; 8 << 20], GuestAddress(1 << 32))
+                .unwrap();
+            assert!(
+                rss_of(&hp) >= 2048,
+                "{backing:?}: touched pages are resident"
+            );
+            hp.discard(2 << 20, 4 << 20).unwrap();
+            // Measured before reading the hole back (a read maps the zero page).
+            assert!(
+                rss_of(&hp) <= 1024 + 16,
+                "{backing:?}: discarded pages are gone: {}",
+                rss_of(&hp)
+            );
+            assert_eq!(
+                ram.memory
+                    .read_obj::<u8>(GuestAddress((1 << 32) + (3 << 20)))
+                    .unwrap(),
+                0,
+                "{backing:?}: discarded reads zero"
+            );
+            assert_eq!(
+                ram.memory
+                    .read_obj::<u8>(GuestAddress((1 << 32) + (7 << 20)))
+                    .unwrap(),
+                0xa5,
+                "{backing:?}: the rest is kept"
+            );
+            assert!(
+                hp.discard(6 << 20, 4 << 20).is_err(),
+                "range beyond the mapping"
+            );
+            hp.populate(0, 2 << 20).unwrap();
+        }
     }
 }

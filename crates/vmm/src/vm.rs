@@ -18,11 +18,13 @@ use crate::config::{ConsoleConfig, Payload, VmConfig};
 use crate::console;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::hotplug::HotplugBackend;
 use crate::interrupt::MsiRouter;
 use crate::pci_segment::PciSegment;
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
 use crate::x86_64::{self as kvm_x86, HostCpu};
 use crate::{memory, Error, Result};
+use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 
 /// A VM built and ready to start.
 ///
@@ -33,6 +35,7 @@ pub struct Vm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     pci: PciSegment,
+    mem_device: Option<MemHandle>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_input_wanted: Arc<EventFd>,
     exit: Arc<ExitSignal>,
@@ -49,10 +52,14 @@ fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<Fil
 
 impl Vm {
     /// Builds the VM of `cfg` with COM1's output going to `serial_out`.
+    ///
+    /// `hotplug_requested` overrides the configured `hotplugged_size` (the
+    /// last `vm.resize` survives guest reboots).
     pub fn new(
         cfg: &VmConfig,
         serial_out: SerialOutput,
         events: Option<Arc<EventMonitor>>,
+        hotplug_requested: Option<u64>,
     ) -> Result<Self> {
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
@@ -67,8 +74,18 @@ impl Vm {
         kvm_x86::setup_vm(&kvm, &vm_fd)?;
 
         let mem_layout = layout::MemoryLayout::new(cfg.memory.size);
-        let ram = memory::GuestRam::new(&mem_layout.ram_ranges())?;
-        memory::register(&vm_fd, &ram.memory)?;
+        let backing = match (cfg.memory.shared, cfg.memory.hugepages) {
+            (_, true) => memory::Backing::HugeTlb,
+            (true, false) => memory::Backing::Shared,
+            (false, false) => memory::Backing::Anonymous,
+        };
+        let hotplug_region = cfg
+            .memory
+            .hotplug
+            .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
+        let ram =
+            memory::GuestRam::with_backing(&mem_layout.ram_ranges(), hotplug_region, backing)?;
+        let first_hotplug_slot = ram.register_boot(&vm_fd)?;
         let memory = &ram.memory;
 
         let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
@@ -117,6 +134,60 @@ impl Vm {
             router,
         )?;
         add_virtio_devices(cfg, &mut pci, memory)?;
+        let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
+            (Some(h), Some((base, _)), Some(mapping)) => {
+                let kvm_slots = kvm.get_nr_memslots() as u64;
+                let needed = u64::from(first_hotplug_slot) + h.hotplug_size / h.slot_size();
+                if needed > kvm_slots {
+                    return Err(Error::config(
+                        "--memory",
+                        format!("hotplug_size={} needs {needed} KVM memory slots; this host has {kvm_slots}", arch::format_size(h.hotplug_size)),
+                    ));
+                }
+                let backend = Arc::new(HotplugBackend::new(
+                    vm_fd.clone(),
+                    mapping.clone(),
+                    base,
+                    h.slot_size(),
+                    first_hotplug_slot,
+                ));
+                let geometry = Geometry {
+                    addr: base,
+                    region_size: h.hotplug_size,
+                    block_size: h.block_size,
+                    slot_size: h.slot_size(),
+                    node_id: 0,
+                };
+                let listener_events = events.clone();
+                let listener: PluggedListener = Box::new(move |plugged| {
+                    if let Some(ev) = &listener_events {
+                        ev.emit(
+                            "memory",
+                            "plugged-size",
+                            Some(serde_json::json!({ "plugged_size": plugged })),
+                        );
+                    }
+                });
+                let requested = hotplug_requested.unwrap_or(h.hotplugged_size);
+                let dev = Mem::new(
+                    geometry,
+                    requested,
+                    backing == memory::Backing::HugeTlb,
+                    backend,
+                    Some(listener),
+                );
+                let handle = dev.handle();
+                let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), memory.clone())?;
+                handle.set_interrupt(
+                    pci_dev
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .interrupt(),
+                );
+                Some(handle)
+            }
+            _ => None,
+        };
 
         let acpi_cfg = acpi::AcpiConfig {
             nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
@@ -147,6 +218,7 @@ impl Vm {
             pio,
             mmio,
             pci,
+            mem_device,
             serial,
             serial_input_wanted,
             exit,
@@ -168,6 +240,16 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.ram.memory
+    }
+
+    /// The event monitor, if any.
+    pub fn events(&self) -> Option<&Arc<EventMonitor>> {
+        self.events.as_ref()
+    }
+
+    /// The virtio-mem device, if the VM has a hotplug region.
+    pub fn memory_device(&self) -> Option<&MemHandle> {
+        self.mem_device.as_ref()
     }
 
     /// The PCI devices: `(name, PCI address)`.

@@ -101,10 +101,13 @@ impl Vmm {
         let shared = Arc::new(Mutex::new(ApiShared {
             state: VmState::Created,
             boot_count: 0,
-            memory_actual_size: cfg.memory.size,
             config: serde_json::to_value(cfg).unwrap_or_default(),
             devices: Vec::new(),
+            boot_size: cfg.memory.size,
+            memory_device: None,
         }));
+        // The last vm.resize, carried across guest reboots.
+        let mut hotplug_requested: Option<u64> = None;
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
         let api = match &cfg.api_socket {
@@ -120,20 +123,25 @@ impl Vmm {
 
         loop {
             let out = console::open_output(&cfg.serial, "--serial")?;
-            let vm = Vm::new(cfg, out, events.clone())?;
+            let vm = Vm::new(cfg, out, events.clone(), hotplug_requested)?;
             {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.state = VmState::Running;
                 s.boot_count += 1;
                 s.devices = vm.devices();
+                s.memory_device = vm.memory_device().cloned();
             }
             emit(
                 "booting",
                 Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
             );
             let running = vm.start()?;
-            let reason = self.event_loop(running, api_commands.as_ref())?;
-            shared.lock().unwrap_or_else(|e| e.into_inner()).state = VmState::Created;
+            let reason = self.event_loop(running, api_commands.as_ref(), &mut hotplug_requested)?;
+            {
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                s.state = VmState::Created;
+                s.memory_device = None;
+            }
             match reason {
                 ExitReason::Reset if !cfg.no_reboot => {
                     emit("reboot", None);
@@ -152,7 +160,41 @@ impl Vmm {
         }
     }
 
-    fn event_loop(&self, running: RunningVm, api: Option<&ApiCommands>) -> Result<ExitReason> {
+    /// Checks a `vm.resize` and applies it to the running VM.
+    fn resize(&self, running: &RunningVm, desired_ram: u64) -> std::result::Result<u64, String> {
+        let cfg = &self.config.memory;
+        let (Some(h), Some(dev)) = (cfg.hotplug, running.vm().memory_device()) else {
+            return Err(
+                "this VM has no hotplug memory (start it with --memory size=..,hotplug_size=SIZE)"
+                    .into(),
+            );
+        };
+        let fmt = arch::format_size;
+        if desired_ram < cfg.size || desired_ram > cfg.size + h.hotplug_size {
+            return Err(format!(
+                "desired_ram {} is outside {}..={} (boot memory up to boot memory plus hotplug_size)",
+                fmt(desired_ram),
+                fmt(cfg.size),
+                fmt(cfg.size + h.hotplug_size)
+            ));
+        }
+        let requested = desired_ram - cfg.size;
+        if !requested.is_multiple_of(h.block_size) {
+            return Err(format!(
+                "desired_ram must be the boot memory plus a multiple of the block size ({})",
+                fmt(h.block_size)
+            ));
+        }
+        dev.set_requested(requested);
+        Ok(requested)
+    }
+
+    fn event_loop(
+        &self,
+        running: RunningVm,
+        api: Option<&ApiCommands>,
+        hotplug_requested: &mut Option<u64>,
+    ) -> Result<ExitReason> {
         let epoll = Epoll::new().map_err(Error::io("epoll"))?;
         let add = |fd: i32, token: u64| {
             epoll.ctl(
@@ -239,6 +281,19 @@ impl Vmm {
                                     ApiCommand::Shutdown => {
                                         running.request_exit(ExitReason::Shutdown);
                                         pending_replies.push(reply);
+                                    }
+                                    ApiCommand::Resize { desired_ram } => {
+                                        let r = match self.resize(&running, desired_ram) {
+                                            Ok(requested) => {
+                                                *hotplug_requested = Some(requested);
+                                                if let Some(ev) = &running.vm().events() {
+                                                    ev.emit("memory", "resize", Some(serde_json::json!({ "requested_size": requested })));
+                                                }
+                                                Response::no_content()
+                                            }
+                                            Err(msg) => Response::error(400, &msg),
+                                        };
+                                        let _ = reply.send(r);
                                     }
                                 }
                             }

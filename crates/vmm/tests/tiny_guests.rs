@@ -173,7 +173,7 @@ fn config(vcpus: u8, segments: Vec<(u64, Vec<u8>)>) -> VmConfig {
 
 fn build(cfg: &VmConfig) -> (Vm, Buffer) {
     let out = Buffer::default();
-    let vm = Vm::new(cfg, Box::new(out.clone()), None).expect("VM builds");
+    let vm = Vm::new(cfg, Box::new(out.clone()), None, None).expect("VM builds");
     (vm, out)
 }
 
@@ -307,9 +307,14 @@ fn too_many_vcpus_is_a_config_error() {
     if !kvm_available() {
         return;
     }
-    let err = Vm::new(&config(255, vec![]), Box::new(Buffer::default()), None)
-        .err()
-        .unwrap();
+    let err = Vm::new(
+        &config(255, vec![]),
+        Box::new(Buffer::default()),
+        None,
+        None,
+    )
+    .err()
+    .unwrap();
     assert!(err.is_config_error(), "{err}");
     assert!(err.to_string().starts_with("--cpus:"), "{err}");
 }
