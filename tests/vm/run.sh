@@ -7,6 +7,7 @@
 #        tests/vm/run.sh --demo          boot a guest with Caravel and attach its console to this terminal
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
+#        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 900),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
@@ -42,7 +43,7 @@ mknod -m 600 "$ROOT/dev/console" c 5 1
 if [ "${1:-}" = --exec ]; then
   printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
 fi
-if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ]; then
+if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
   cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
@@ -61,6 +62,7 @@ fi
 case "${1:-}" in
   --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
   --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
+  --bench-mem) ARGS="--bench-mem" ;;
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac
 boot_outer() {

@@ -7,6 +7,7 @@
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
 mod bench;
+mod mem_bench;
 mod mem_scenarios;
 mod scenarios;
 mod session;
@@ -57,6 +58,7 @@ fn main() {
     let mut bench_runs = None;
     let mut bench_vcpus = 1;
     let mut bench_blk = None;
+    let mut bench_mem = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -67,6 +69,7 @@ fn main() {
             "--bench-blk" => {
                 bench_blk = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5))
             }
+            "--bench-mem" => bench_mem = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
                 for s in scenarios::ALL {
@@ -76,6 +79,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if bench_mem {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = mem_bench::run(&env, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if let Some(secs) = bench_blk {
         let prefix = PREFIX.with(|p| p.borrow().clone());

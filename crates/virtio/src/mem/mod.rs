@@ -291,6 +291,12 @@ impl Mem {
     pub fn handle(&self) -> MemHandle {
         MemHandle(self.shared.clone())
     }
+
+    /// The state shared with the worker (for driving requests directly, as
+    /// fuzzers and benchmarks do).
+    pub fn shared(&self) -> &MemShared {
+        &self.shared
+    }
 }
 
 impl VirtioDevice for Mem {

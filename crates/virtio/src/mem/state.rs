@@ -594,7 +594,11 @@ mod tests {
             grown,
             "lowering requested does not shrink usable"
         );
-        assert_eq!(run(&mut s, unplug(BASE, 1)).kind, RESP_ERROR, "nothing plugged");
+        assert_eq!(
+            run(&mut s, unplug(BASE, 1)).kind,
+            RESP_ERROR,
+            "nothing plugged"
+        );
         assert_eq!(s.usable_region_size(), grown);
         assert_eq!(
             run(&mut s, Request::UnplugAll),
