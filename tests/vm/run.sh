@@ -9,10 +9,12 @@
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
-# Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 900),
+# Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
+#        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
 source "$(dirname "$0")/lib.sh"
-RIG_TIMEOUT=${RIG_TIMEOUT:-900}
+RIG_TIMEOUT=${RIG_TIMEOUT:-1800}
+RIG_IDLE_TIMEOUT=${RIG_IDLE_TIMEOUT:-240}
 RIG_CPU=${RIG_CPU:-EPYC,+svm,+npt}
 RIG_SMP=${RIG_SMP:-1}
 RIG_MEM=${RIG_MEM:-4096}
@@ -66,9 +68,29 @@ case "${1:-}" in
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac
 boot_outer() {
-  timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
-    -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
-    -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS" 2>&1 | tr -d '\r' | tee "$RUN_LOG" | sed -n 's/^RIG| //p'
+  # The outer VM's console goes to RUN_LOG (line-buffered); a watchdog treats
+  # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
+  : > "$RUN_LOG"
+  ( timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
+      -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
+      -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
+  local vm=$!
+  tail -n +1 -f --pid=$vm "$RUN_LOG" | stdbuf -oL sed -n 's/^RIG| //p' &
+  local relay=$! last=-1 idle=0
+  while kill -0 $vm 2>/dev/null; do
+    sleep 5
+    local size
+    size=$(stat -c %s "$RUN_LOG")
+    if [ "$size" = "$last" ]; then idle=$((idle + 5)); else idle=0; last=$size; fi
+    if [ "$idle" -ge "$RIG_IDLE_TIMEOUT" ]; then
+      log "no console output for ${idle}s: treating the outer VM as wedged"
+      pkill -f -- "-initrd $ROOT.cpio" || true
+      break
+    fi
+  done
+  wait $vm 2>/dev/null || true
+  sleep 0.5
+  kill $relay 2>/dev/null || true
 }
 
 for attempt in 1 2; do

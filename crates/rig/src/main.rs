@@ -118,6 +118,7 @@ fn main() {
     tap!("1..{}", selected.len());
     let mut failed = 0;
     for (i, s) in selected.iter().enumerate() {
+        tap!("# running {}", s.name);
         let t0 = Instant::now();
         let result = (s.run)(&env);
         let secs = t0.elapsed().as_secs_f64();
