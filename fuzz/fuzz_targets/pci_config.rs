@@ -19,7 +19,14 @@ impl MsixSink for NullSink {
 
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
-    let mut dev = VirtioPciDevice::new("fuzz", Box::new(Rng::default()), mem, 0x1_0000_0000, Arc::new(NullSink)).unwrap();
+    let mut dev = VirtioPciDevice::new(
+        "fuzz",
+        Box::new(Rng::default()),
+        mem,
+        0x1_0000_0000,
+        Arc::new(NullSink),
+    )
+    .unwrap();
     for op in data.chunks_exact(8) {
         let len = [1usize, 2, 4, 8][usize::from(op[0] & 3)];
         let value = &op[4..8];
@@ -44,5 +51,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut id = [0u8; 4];
     dev.read_config(0, &mut id);
-    assert_eq!(u32::from_le_bytes(id), 0x1044_1af4, "vendor/device IDs are read-only");
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0x1044_1af4,
+        "vendor/device IDs are read-only"
+    );
 });

@@ -23,7 +23,11 @@ fn image() -> File {
         f.write_all(&[0x5a; 8 * 512]).unwrap();
         p
     });
-    std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -36,10 +40,17 @@ fuzz_target!(|data: &[u8]| {
     let mut descs = Vec::new();
     for d in descs_raw.chunks_exact(7) {
         // Addresses mostly inside memory, sometimes far outside.
-        let addr = u64::from(u16::from_le_bytes([d[0], d[1]])) * if d[6] & 0x80 != 0 { 0x1_0000_0001 } else { 1 };
-        let len = u32::from(u16::from_le_bytes([d[2], d[3]])) * if d[6] & 0x40 != 0 { 0x1_0000 } else { 1 };
+        let addr = u64::from(u16::from_le_bytes([d[0], d[1]]))
+            * if d[6] & 0x80 != 0 { 0x1_0000_0001 } else { 1 };
+        let len = u32::from(u16::from_le_bytes([d[2], d[3]]))
+            * if d[6] & 0x40 != 0 { 0x1_0000 } else { 1 };
         let flags = u16::from(d[4] & 0x2); // WRITE; NEXT is set by the mock
-        descs.push(RawDescriptor::from(Descriptor::new(addr, len, flags, u16::from(d[5]))));
+        descs.push(RawDescriptor::from(Descriptor::new(
+            addr,
+            len,
+            flags,
+            u16::from(d[5]),
+        )));
     }
     if descs.is_empty() {
         return;
@@ -47,9 +58,19 @@ fuzz_target!(|data: &[u8]| {
     // Memory contents (request headers, discard ranges) from the rest.
     let _ = mem.write_slice(&rest[..rest.len().min(0x1000)], GuestAddress(0));
     let q = MockSplitQueue::create(&mem, GuestAddress(0x1_8000), 16);
-    let Ok(chain) = q.build_desc_chain(&descs) else { return };
+    let Ok(chain) = q.build_desc_chain(&descs) else {
+        return;
+    };
     let mut disk = Disk::new(image(), rest.first().is_some_and(|b| b & 1 == 1), "fuzz").unwrap();
     let used = handle_chain(&mut disk, chain, &mem);
-    let writable: u64 = descs.iter().map(|d| Descriptor::from(*d)).filter(|d| d.is_write_only()).map(|d| u64::from(d.len())).sum();
-    assert!(u64::from(used) <= writable, "used length {used} exceeds the writable bytes {writable}");
+    let writable: u64 = descs
+        .iter()
+        .map(|d| Descriptor::from(*d))
+        .filter(|d| d.is_write_only())
+        .map(|d| u64::from(d.len()))
+        .sum();
+    assert!(
+        u64::from(used) <= writable,
+        "used length {used} exceeds the writable bytes {writable}"
+    );
 });

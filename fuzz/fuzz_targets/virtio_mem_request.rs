@@ -33,8 +33,20 @@ impl MemBackend for Nop {
 
 fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
-    let g = Geometry { addr: BASE, region_size: 256 * MIB, block_size: 2 * MIB, slot_size: 128 * MIB, node_id: 0 };
-    let dev = Mem::new(g, 64 * MIB, data.first().is_some_and(|b| b & 1 == 1), Arc::new(Nop), None);
+    let g = Geometry {
+        addr: BASE,
+        region_size: 256 * MIB,
+        block_size: 2 * MIB,
+        slot_size: 128 * MIB,
+        node_id: 0,
+    };
+    let dev = Mem::new(
+        g,
+        64 * MIB,
+        data.first().is_some_and(|b| b & 1 == 1),
+        Arc::new(Nop),
+        None,
+    );
     let handle = dev.handle();
     let shared: &MemShared = dev.shared();
     for op in data.chunks_exact(12) {
@@ -43,7 +55,9 @@ fuzz_target!(|data: &[u8]| {
             handle.set_requested(u64::from(op[1]) * 2 * MIB);
         } else {
             let kind = u16::from(op[0] & 7);
-            let addr = BASE.wrapping_add(u64::from(u32::from_le_bytes([op[2], op[3], op[4], op[5]])).wrapping_mul(MIB / 8));
+            let addr = BASE.wrapping_add(
+                u64::from(u32::from_le_bytes([op[2], op[3], op[4], op[5]])).wrapping_mul(MIB / 8),
+            );
             let nb = u16::from_le_bytes([op[6], op[7]]) & 0x3ff;
             mem.write_obj(kind, GuestAddress(0x100)).unwrap();
             mem.write_obj(addr, GuestAddress(0x108)).unwrap();
@@ -58,17 +72,30 @@ fuzz_target!(|data: &[u8]| {
             if split < 24 && op[10] & 1 == 0 {
                 descs.push(Descriptor::new(0x100 + u64::from(split), 24 - split, 0, 0));
             }
-            descs.push(Descriptor::new(0x200, resp_len, if op[10] & 2 == 0 { 2 } else { 0 }, 0));
+            descs.push(Descriptor::new(
+                0x200,
+                resp_len,
+                if op[10] & 2 == 0 { 2 } else { 0 },
+                0,
+            ));
             let raw: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
             let q = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
-            let Ok(chain) = q.build_desc_chain(&raw) else { continue };
+            let Ok(chain) = q.build_desc_chain(&raw) else {
+                continue;
+            };
             let used = handle_chain(shared, chain, &mem);
             assert!(used == 0 || used == 10);
         }
         let i = handle.info();
-        assert!(i.usable_region_size >= i.requested_size, "usable >= requested");
+        assert!(
+            i.usable_region_size >= i.requested_size,
+            "usable >= requested"
+        );
         // usable shrinks only on UNPLUG_ALL, which unplugs everything.
-        assert!(i.plugged_size <= i.usable_region_size, "plugged within the usable region");
+        assert!(
+            i.plugged_size <= i.usable_region_size,
+            "plugged within the usable region"
+        );
         assert!(i.usable_region_size <= g.region_size);
         for v in [i.usable_region_size, i.requested_size, i.plugged_size] {
             assert_eq!(v % g.block_size, 0, "block multiples");

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::cmd::Command;
 use crate::lpi::Lpis;
@@ -51,6 +51,13 @@ pub enum DropReason {
     DeviceOutOfRange(u32),
     /// MAPD Size above the 16 EventID bits.
     IttSizeTooLarge(u8),
+    /// MAPD of an ITT that is not entirely in guest memory.
+    IttOutsideMemory {
+        /// DeviceID.
+        device: u32,
+        /// ITT address.
+        itt: u64,
+    },
     /// The EventID is beyond the device's ITT.
     EventOutOfRange {
         /// DeviceID.
@@ -429,6 +436,13 @@ impl Its {
                 }
                 if valid && u32::from(size) + 1 > EVENT_ID_BITS {
                     return Err(DropReason::IttSizeTooLarge(size));
+                }
+                // KVM accepts any ITT address but then cannot restore the
+                // tables it saved (its ITT scan faults); refusing up front
+                // keeps save/restore round-tripping.
+                let itt_len = (1usize << (size + 1)) * ITT_ENTRY_SIZE as usize;
+                if valid && !mem.check_range(GuestAddress(itt), itt_len, Permissions::ReadWrite) {
+                    return Err(DropReason::IttOutsideMemory { device, itt });
                 }
                 // Remapping a mapped device frees it first.
                 if let Some(old) = self.devices.remove(&device) {

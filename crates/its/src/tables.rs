@@ -139,12 +139,16 @@ pub struct Decoded {
     pub collections: BTreeMap<u16, Option<u32>>,
     /// Devices and their events.
     pub devices: BTreeMap<u32, Device>,
-    /// Everything inconsistent, in reading order.
+    /// Everything inconsistent, in reading order: a restore refuses these.
     pub issues: Vec<String>,
+    /// Oddities a restore accepts (an LPI named by several events), in
+    /// reading order.
+    pub warnings: Vec<String>,
 }
 
 /// Reads saved tables described by `regs` (BASER0/1), for `nr_pes` PEs and
-/// LPIs below `max_lpi`. Never fails: problems go to [`Decoded::issues`].
+/// LPIs below `max_lpi`. Never fails: problems go to [`Decoded::issues`]
+/// and [`Decoded::warnings`].
 pub fn decode<M: GuestMemory>(regs: &ItsRegs, nr_pes: usize, max_lpi: u32, mem: &M) -> Decoded {
     let mut d = Decoded::default();
     let (dt, ct) = (regs.baser[0], regs.baser[1]);
@@ -247,7 +251,7 @@ pub fn decode<M: GuestMemory>(regs: &ItsRegs, nr_pes: usize, max_lpi: u32, mem: 
         }
     }
     for (lpi, users) in by_lpi.into_iter().filter(|(_, u)| u.len() > 1) {
-        d.issues
+        d.warnings
             .push(format!("LPI {lpi} is mapped by several events: {users:?}"));
     }
     d
@@ -310,7 +314,7 @@ pub fn restore_tables<M: GuestMemory>(
         ));
     }
     let d = decode(&its.regs(), lpis.nr_pes(), lpis.max_lpi(), mem);
-    if let Some(first) = d.issues.iter().find(|i| !i.starts_with("LPI ")) {
+    if let Some(first) = d.issues.first() {
         return Err(TableError::Inconsistent(first.clone()));
     }
     for dev in d.devices.values() {

@@ -8,7 +8,7 @@ use its::regs::*;
 use its::{tables, Command, Its, Lpis};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
-pub const MEM_SIZE: usize = 64 << 20;
+pub const MEM_SIZE: usize = 16 << 20;
 pub const PROP_TABLE: u64 = 0x10_0000;
 pub const PEND_TABLES: u64 = 0x20_0000; // + pe * 64 KiB
 pub const DEVICE_TABLE: u64 = 0x40_0000;
