@@ -1,6 +1,7 @@
-//! Command-line parsing for `caravel` and `caravel-remote`, kept in a library
-//! so that its error messages are unit-tested.
+//! Command-line parsing for `caravel`, `caravel-remote` and `caravel-its`,
+//! kept in a library so that its error messages are unit-tested.
 
 pub mod cli;
+pub mod its_dump;
 pub mod options;
 pub mod remote;

@@ -12,13 +12,15 @@
 //!   EnableLPIs) and the deliveries to each PE;
 //! * [`tables`]: save and restore in KVM's table ABI revision 0, so one
 //!   snapshot format serves this model and the in-kernel vITS, and a decoder
-//!   for inspecting saved tables;
+//!   for inspecting saved tables ([`tables::decode`]; its `Display` is the
+//!   `caravel-its dump` report);
 //! * [`kvm`]: the same operations on KVM's in-kernel vITS (the `DeviceFd`
 //!   implementation is aarch64-only; the sequencing is tested everywhere).
 //!
 //! Guest memory is anything implementing vm-memory's `GuestMemory`.
 
 pub mod cmd;
+mod dump;
 mod its;
 pub mod kvm;
 mod lpi;
