@@ -15,6 +15,10 @@ if [ -c /dev/kvm ] && [ -f /rig-exec.sh ]; then
   echo; echo "RIG| --- rig-exec.sh:"
   sh /rig-exec.sh 2>&1 | $B sed 's/^/RIG| /'
   echo "RIG-END rc=0"
+elif [ -c /dev/kvm ] && [ -f /rig-selftests ]; then
+  echo
+  ( /bin/caravel-selftests $($B cat /rig-selftests); echo "$?" > /tmp/selftests.rc ) 2>&1 | $B sed 's/^/RIG| /'
+  echo "RIG-END rc=$($B cat /tmp/selftests.rc)"
 elif [ -c /dev/kvm ] && $B grep -q 'rig.demo' /proc/cmdline; then
   echo "Outer VM up; starting: caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M"
   /bin/caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M \

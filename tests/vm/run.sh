@@ -8,6 +8,7 @@
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
+#        tests/vm/run.sh --selftests [ARGS]  caravel-selftests ARGS against the outer VM's real KVM (TAP)
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
@@ -23,7 +24,7 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: apt
 
 log "building static caravel binaries"
 (cd "$REPO_DIR" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --target $TARGET \
-   -p caravel -p rig -p guest-tools)
+   -p caravel -p rig -p guest-tools -p selftests)
 BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" x86_64 | tail -n1)
@@ -36,7 +37,7 @@ trap 'rm -rf "$ROOT" "$RUN_LOG"' EXIT
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,mod,guest}
 cp /bin/busybox "$ROOT/bin/"
 for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -sf busybox "$ROOT/bin/$applet"; done
-cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$ROOT/bin/"
+cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$BIN/caravel-selftests" "$ROOT/bin/"
 cp "$L1"/mod/*.ko "$ROOT/mod/"
 cp "$KDIR/vmlinux" "$KDIR/bzImage" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
@@ -44,6 +45,11 @@ cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
 if [ "${1:-}" = --exec ]; then
   printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
+fi
+if [ "${1:-}" = --selftests ]; then
+  shift
+  printf '%s\n' "$*" > "$ROOT/rig-selftests"
+  set -- --selftests
 fi
 if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
