@@ -12,7 +12,9 @@
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
-#        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096)
+#        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
+#        RIG_EXTRA_DIR (a directory copied to /extra in the outer VM, e.g. the kernel's KVM
+#        selftests for --exec; see docs/selftests.md)
 source "$(dirname "$0")/lib.sh"
 RIG_TIMEOUT=${RIG_TIMEOUT:-1800}
 RIG_IDLE_TIMEOUT=${RIG_IDLE_TIMEOUT:-240}
@@ -43,6 +45,9 @@ cp "$KDIR/vmlinux" "$KDIR/bzImage" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
 cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
+if [ -n "${RIG_EXTRA_DIR:-}" ]; then
+  cp -r "$RIG_EXTRA_DIR" "$ROOT/extra"
+fi
 if [ "${1:-}" = --exec ]; then
   printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
 fi

@@ -84,6 +84,13 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_SKIP as u8);
     }
     let timeout = Duration::from_secs(args.timeout);
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("caravel-selftests: error: cannot find this executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut totals = Totals::default();
     let mut reports = Vec::new();
     if !args.json {
@@ -91,7 +98,7 @@ fn main() -> ExitCode {
         println!("# host KVM backend: {}", cases::host_backend());
     }
     for (i, c) in selected.iter().enumerate() {
-        let r = run_in_child(c.name, timeout);
+        let r = run_in_child(&exe, c.name, timeout);
         totals.add(r.verdict);
         if !args.json {
             println!("{}", report::tap_case(i + 1, &r));

@@ -4,6 +4,7 @@
 //! else it prints on stderr is kept for the failure message.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -58,13 +59,10 @@ fn failed(name: &str, message: String, start: Instant) -> CaseReport {
     }
 }
 
-/// Runs case `name` in a child process, killing it after `timeout`.
-pub fn run_in_child(name: &str, timeout: Duration) -> CaseReport {
+/// Runs case `name` as `exe --run-case NAME` (this executable, normally),
+/// killing it after `timeout`.
+pub fn run_in_child(exe: &Path, name: &str, timeout: Duration) -> CaseReport {
     let start = Instant::now();
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return failed(name, format!("cannot find this executable: {e}"), start),
-    };
     let mut child = match Command::new(exe)
         .args(["--run-case", name])
         .stdin(Stdio::null())
