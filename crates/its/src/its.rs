@@ -508,15 +508,7 @@ impl Its {
                 event,
                 icid,
             } => self.mapti(device, event, event, icid, lpis, mem),
-            Command::Int { device, event } => {
-                let ite = self.ite(device, event)?;
-                let pe = self.mapped_target(ite.icid)?;
-                if !lpis.lpis_enabled(pe) {
-                    return Err(DropReason::LpisDisabled(pe));
-                }
-                lpis.set_pending(ite.lpi);
-                Ok(())
-            }
+            Command::Int { device, event } => self.raise(device, event, lpis),
             Command::Clear { device, event } => {
                 let ite = self.ite(device, event)?;
                 lpis.clear_pending(ite.lpi);
@@ -612,6 +604,17 @@ impl Its {
         Ok(())
     }
 
+    /// INT, or an MSI: makes the event's LPI pending on its collection's PE.
+    fn raise(&self, device: u32, event: u32, lpis: &mut Lpis) -> Result<(), DropReason> {
+        let ite = self.ite(device, event)?;
+        let pe = self.mapped_target(ite.icid)?;
+        if !lpis.lpis_enabled(pe) {
+            return Err(DropReason::LpisDisabled(pe));
+        }
+        lpis.set_pending(ite.lpi);
+        Ok(())
+    }
+
     /// An MSI: a write of `event` to GITS_TRANSLATER by `device`. Returns
     /// whether an LPI was made pending (KVM_SIGNAL_MSI's "delivered").
     pub fn translate(&mut self, device: u32, event: u32, lpis: &mut Lpis) -> bool {
@@ -619,13 +622,7 @@ impl Its {
             if !self.enabled {
                 return Err(DropReason::ItsDisabled);
             }
-            let ite = self.ite(device, event)?;
-            let pe = self.mapped_target(ite.icid)?;
-            if !lpis.lpis_enabled(pe) {
-                return Err(DropReason::LpisDisabled(pe));
-            }
-            lpis.set_pending(ite.lpi);
-            Ok(())
+            self.raise(device, event, lpis)
         })();
         match r {
             Ok(()) => true,

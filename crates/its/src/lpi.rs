@@ -89,15 +89,7 @@ impl Lpis {
             *m = masked;
         }
         if !masked {
-            let ids: Vec<u32> = self
-                .irqs
-                .iter()
-                .filter(|(_, i)| i.target == Some(pe))
-                .map(|(n, _)| *n)
-                .collect();
-            for id in ids {
-                self.try_deliver(id);
-            }
+            self.deliver_pending_on(pe);
         }
     }
 
@@ -153,6 +145,11 @@ impl Lpis {
                 }
             }
         }
+        self.deliver_pending_on(pe);
+    }
+
+    /// Tries to deliver every LPI targeting `pe`.
+    fn deliver_pending_on(&mut self, pe: u32) {
         let targets: Vec<u32> = self
             .irqs
             .iter()

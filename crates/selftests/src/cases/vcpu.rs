@@ -283,28 +283,33 @@ fn enable_user_msr(vm: &TestVm, reasons: u32) -> CaseResult {
         .ctx("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)")
 }
 
+/// Runs to a KVM_EXIT_X86_RDMSR of `index` for `reason` and answers `data`.
+fn expect_rdmsr(vcpu: &mut VcpuFd, index: u32, reason: u32, data: u64) -> CaseResult {
+    match vcpu.run().ctx("KVM_RUN")? {
+        VcpuExit::X86Rdmsr(exit) => {
+            check_eq!(exit.index, index, "RDMSR exit index");
+            check_eq!(exit.reason.bits(), reason, "RDMSR exit reason");
+            *exit.data = data;
+            *exit.error = 0;
+            Ok(())
+        }
+        other => Err(Failure::Fail(format!(
+            "RDMSR of {index:#x}: got {}, expected KVM_EXIT_X86_RDMSR",
+            describe(&other)
+        ))),
+    }
+}
+
 fn msr_exit_unknown(_: &mut Diag) -> CaseResult {
     let vm = TestVm::new(msr_unknown::code())?;
     enable_user_msr(&vm, KVM_MSR_EXIT_REASON_UNKNOWN)?;
     let mut vcpu = vm.long_mode_vcpu(0, CODE_GPA)?;
-    match vcpu.run().ctx("KVM_RUN")? {
-        VcpuExit::X86Rdmsr(exit) => {
-            check_eq!(exit.index, MSR_NON_EXISTENT, "RDMSR exit index");
-            check_eq!(
-                exit.reason.bits(),
-                KVM_MSR_EXIT_REASON_UNKNOWN,
-                "RDMSR exit reason"
-            );
-            *exit.data = 0x1122_3344_5566_7788;
-            *exit.error = 0;
-        }
-        other => {
-            return Err(Failure::Fail(format!(
-                "RDMSR: got {}, expected KVM_EXIT_X86_RDMSR",
-                describe(&other)
-            )))
-        }
-    }
+    expect_rdmsr(
+        &mut vcpu,
+        MSR_NON_EXISTENT,
+        KVM_MSR_EXIT_REASON_UNKNOWN,
+        0x1122_3344_5566_7788,
+    )?;
     let [seen, _, _] = run_to_sync(&mut vcpu, &vm.mem)?;
     check_eq!(seen, 0x1122_3344_5566_7788u64, "value the guest read");
     match vcpu.run().ctx("KVM_RUN")? {
@@ -367,24 +372,7 @@ fn msr_filter(_: &mut Diag) -> CaseResult {
         .set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
         .ctx("KVM_X86_SET_MSR_FILTER")?;
     let mut vcpu = vm.long_mode_vcpu(0, CODE_GPA)?;
-    match vcpu.run().ctx("KVM_RUN")? {
-        VcpuExit::X86Rdmsr(exit) => {
-            check_eq!(exit.index, MSR_PAT, "filtered RDMSR index");
-            check_eq!(
-                exit.reason.bits(),
-                KVM_MSR_EXIT_REASON_FILTER,
-                "filtered RDMSR reason"
-            );
-            *exit.data = 0x42;
-            *exit.error = 0;
-        }
-        other => {
-            return Err(Failure::Fail(format!(
-                "filtered RDMSR: got {}, expected KVM_EXIT_X86_RDMSR",
-                describe(&other)
-            )))
-        }
-    }
+    expect_rdmsr(&mut vcpu, MSR_PAT, KVM_MSR_EXIT_REASON_FILTER, 0x42)?;
     let [seen, _, _] = run_to_sync(&mut vcpu, &vm.mem)?;
     check_eq!(seen, 0x42u64, "value the guest read from the filtered MSR");
     // The WRMSR of IA32_PAT (writes not filtered) and the RDMSR of EFER stay in KVM.
