@@ -71,6 +71,10 @@ pub struct HotplugInfo {
     pub driver_active: bool,
 }
 
+/// `GET /api/v1/vm.counters` (Cloud Hypervisor's shape: counters by group).
+/// Caravel's group is `kvm`: KVM's vCPU statistics, summed over vCPUs.
+pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
 /// `PUT /api/v1/vm.resize` (Cloud Hypervisor's `VmResize`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

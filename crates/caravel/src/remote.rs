@@ -36,6 +36,9 @@ pub enum Command {
     Ping,
     /// Print the VM's configuration and state as JSON.
     Info,
+    /// Print the VM's counters as JSON: {"kvm": {...}}, KVM's vCPU
+    /// statistics (exits by type, halts, ...) summed over vCPUs.
+    Counters,
     /// Shut the VM down; caravel then exits with status 0.
     Shutdown,
     /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
@@ -135,6 +138,7 @@ pub fn run(args: &RemoteArgs) -> Outcome {
     let (method, endpoint) = match &args.command {
         Command::Ping => (Method::Get, "vmm.ping"),
         Command::Info => (Method::Get, "vm.info"),
+        Command::Counters => (Method::Get, "vm.counters"),
         Command::Shutdown => (Method::Put, "vm.shutdown"),
         Command::Resize { memory, .. } => match arch::parse_size(memory) {
             Ok(bytes) => {

@@ -2,12 +2,14 @@
 //! and q35) in one run, inside the rig. For each boot: process start to first
 //! KVM_RUN (Caravel's event monitor), to the guest's marker line, and to exit;
 //! the VMM's RSS without guest RAM at the marker (from /proc/PID/smaps); and
-//! KVM exits by type up to the marker (the VM's debugfs directory, summed over
-//! vCPUs, read when the marker arrives, which is the same source for all VMMs).
+//! KVM exits by type up to the marker, as each VMM reads them from its KVM
+//! stats fds (KVM_GET_STATS_FD) when the marker arrives: Caravel's `GET
+//! vm.counters`, QEMU's QMP `query-stats` (summed over vCPUs).
 
 use std::path::Path;
 use std::time::Duration;
 
+use crate::control::Control;
 use crate::session::Session;
 use crate::Env;
 
@@ -31,6 +33,30 @@ struct Contender {
     program: String,
     args: Vec<String>,
     event_log: Option<String>,
+    /// Its control socket: Caravel's API or QEMU's QMP.
+    control: ControlSocket,
+}
+
+enum ControlSocket {
+    Caravel(String),
+    Qmp(String),
+}
+
+impl ControlSocket {
+    fn path(&self) -> &str {
+        match self {
+            Self::Caravel(p) | Self::Qmp(p) => p,
+        }
+    }
+
+    /// KVM exit counters by type, read by the VMM from its KVM stats fds.
+    fn kvm_exits(&self) -> Result<Vec<u64>, String> {
+        let mut c = match self {
+            Self::Caravel(p) => Control::Caravel(p.clone()),
+            Self::Qmp(p) => Control::qmp_connect(p)?,
+        };
+        c.kvm_counters(EXIT_STATS)
+    }
 }
 
 #[derive(Default, Clone)]
@@ -49,6 +75,8 @@ fn guest_cmdline() -> String {
 
 fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
     let ev = env.tmp.join("bench-events.jsonl").display().to_string();
+    let api = env.tmp.join("bench-api.sock").display().to_string();
+    let qmp = env.tmp.join("bench-qmp.sock").display().to_string();
     let caravel = |kernel: &str, name: &'static str| Contender {
         name,
         program: env.bin("caravel").display().to_string(),
@@ -65,8 +93,11 @@ fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
             format!("size={GUEST_MEM}"),
             "--event-monitor".into(),
             format!("path={ev}"),
+            "--api-socket".into(),
+            format!("path={api}"),
         ],
         event_log: Some(ev.clone()),
+        control: ControlSocket::Caravel(api.clone()),
     };
     let qemu = |machine: &str, name: &'static str| Contender {
         name,
@@ -98,11 +129,14 @@ fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
             &env.guest("initrd.cpio.gz"),
             "-append",
             &guest_cmdline(),
+            "-qmp",
+            &format!("unix:{qmp},server=on,wait=off"),
         ]
         .iter()
         .map(|s| s.to_string())
         .collect(),
         event_log: None,
+        control: ControlSocket::Qmp(qmp.clone()),
     };
     vec![
         caravel("vmlinux", "caravel (vmlinux, PVH)"),
@@ -134,28 +168,6 @@ fn rss_without_guest(pid: u32) -> u64 {
     total
 }
 
-/// KVM exit counters of `pid`'s VM from debugfs (summed over its vCPUs).
-fn kvm_exits(pid: u32) -> Vec<u64> {
-    let base = Path::new("/sys/kernel/debug/kvm");
-    let prefix = format!("{pid}-");
-    let dir = std::fs::read_dir(base)
-        .ok()
-        .and_then(|d| {
-            d.flatten()
-                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        })
-        .map(|e| e.path());
-    EXIT_STATS
-        .iter()
-        .map(|s| {
-            dir.as_ref()
-                .and_then(|d| std::fs::read_to_string(d.join(s)).ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 fn first_run_secs(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
@@ -171,6 +183,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
     if let Some(ev) = &c.event_log {
         let _ = std::fs::remove_file(ev);
     }
+    let _ = std::fs::remove_file(c.control.path());
     let mut s = Session::spawn(Path::new(&c.program), &c.args)?;
     let (line, marker) = s.expect("CARAVEL-MARKER", TIMEOUT)?;
     let uptime = line
@@ -179,7 +192,10 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     let rss_kib = rss_without_guest(s.pid());
-    let exits = kvm_exits(s.pid());
+    let exits = c
+        .control
+        .kvm_exits()
+        .map_err(|e| format!("{}: KVM exit counters: {e}", c.name))?;
     let (status, exit) = s.wait(TIMEOUT)?;
     if !status.success() {
         return Err(format!("{} exited with {status}\n{}", c.name, s.tail()));
@@ -293,6 +309,8 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
     std::fs::write(&img, &data).map_err(|e| format!("cannot write {}: {e}", img.display()))?;
     drop(data);
     let cmdline = "console=ttyS0 quiet panic=-1 caravel.test=interactive";
+    let api = env.tmp.join("bench-blk-api.sock").display().to_string();
+    let qmp = env.tmp.join("bench-blk-qmp.sock").display().to_string();
     let caravel_args: Vec<String> = [
         "--kernel",
         &env.guest("vmlinux"),
@@ -305,6 +323,8 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
         "--disk",
         &format!("path={}", img.display()),
         "--rng",
+        "--api-socket",
+        &format!("path={api}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -342,6 +362,8 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
         "virtio-blk-pci,drive=d0",
         "-device",
         "virtio-rng-pci",
+        "-qmp",
+        &format!("unix:{qmp},server=on,wait=off"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -351,22 +373,27 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
             "caravel",
             env.bin("caravel").display().to_string(),
             caravel_args,
+            ControlSocket::Caravel(api),
         ),
         (
             "qemu 7.2 -M q35 virtio-blk-pci",
             "/usr/bin/qemu-system-x86_64".to_string(),
             qemu_args,
+            ControlSocket::Qmp(qmp),
         ),
     ];
     let mut rows = Vec::new();
-    for (name, program, args) in &runs {
+    for (name, program, args, control) in &runs {
         if !Path::new(program).exists() {
             println!("{prefix}# {name}: {program} not present, skipped");
             continue;
         }
+        let _ = std::fs::remove_file(control.path());
         let mut s = Session::spawn(Path::new(program), args)?;
         let (_, marker) = s.expect("CARAVEL-MARKER", TIMEOUT)?;
-        let exits = kvm_exits(s.pid());
+        let exits = control
+            .kvm_exits()
+            .map_err(|e| format!("{name}: KVM exit counters: {e}"))?;
         let rss = rss_without_guest(s.pid());
         blkbench(&mut s, "seq", 1 << 20, 1)?; // warm-up
         let (seq_mib, _) = blkbench(&mut s, "seq", 1 << 20, secs)?;

@@ -7,6 +7,7 @@
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
 mod bench;
+mod control;
 mod mem_bench;
 mod mem_scenarios;
 mod scenarios;

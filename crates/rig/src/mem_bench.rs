@@ -8,13 +8,10 @@
 //! shell), and after unplug, to the VMM's RSS having dropped by 90% of what
 //! the guest had filled.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use api::http::Method;
-
+use crate::control::Control;
 use crate::mem_scenarios::{mem_total, rss};
 use crate::scenarios::guest_cmd;
 use crate::session::Session;
@@ -22,92 +19,6 @@ use crate::Env;
 
 const MIB: u64 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Talks to one VMM's control plane.
-enum Control {
-    Caravel(String),
-    Qmp(BufReader<UnixStream>),
-}
-
-impl Control {
-    fn qmp_connect(path: &str) -> Result<Self, String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => return Err(format!("QMP {path}: {e}")),
-            }
-        };
-        let mut c = Self::Qmp(BufReader::new(stream));
-        c.qmp(r#"{"execute":"qmp_capabilities"}"#)?;
-        Ok(c)
-    }
-
-    fn qmp(&mut self, cmd: &str) -> Result<serde_json::Value, String> {
-        let Self::Qmp(r) = self else {
-            return Err("not QMP".into());
-        };
-        r.get_mut()
-            .write_all(format!("{cmd}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-                return Err("QMP closed".into());
-            }
-            let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}"))?;
-            if v.get("return").is_some() {
-                return Ok(v["return"].clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(format!("QMP error: {e}"));
-            }
-            // Greeting and events: skip.
-        }
-    }
-
-    fn request(&mut self, bytes: u64, boot: u64) -> Result<(), String> {
-        match self {
-            Self::Caravel(sock) => {
-                let body = serde_json::json!({ "desired_ram": boot + bytes }).to_string();
-                let r = api::client::request(Path::new(sock), Method::Put, "/api/v1/vm.resize", Some(body.as_bytes()), TIMEOUT)
-                    .map_err(|e| e.to_string())?;
-                (r.status == 204).then_some(()).ok_or_else(|| format!("vm.resize: HTTP {}", r.status))
-            }
-            Self::Qmp(_) => self
-                .qmp(&format!(r#"{{"execute":"qom-set","arguments":{{"path":"vm0","property":"requested-size","value":{bytes}}}}}"#))
-                .map(|_| ()),
-        }
-    }
-
-    fn plugged(&mut self) -> Result<u64, String> {
-        match self {
-            Self::Caravel(sock) => {
-                let r = api::client::request(
-                    Path::new(sock),
-                    Method::Get,
-                    "/api/v1/vm.info",
-                    None,
-                    TIMEOUT,
-                )
-                .map_err(|e| e.to_string())?;
-                let v: serde_json::Value = serde_json::from_slice(&r.body.unwrap_or_default())
-                    .map_err(|e| e.to_string())?;
-                v["memory"]["hotplug"]["plugged_size"]
-                    .as_u64()
-                    .ok_or_else(|| "no plugged_size".into())
-            }
-            Self::Qmp(_) => self
-                .qmp(r#"{"execute":"qom-get","arguments":{"path":"vm0","property":"size"}}"#)?
-                .as_u64()
-                .ok_or_else(|| "qom-get size: not a number".into()),
-        }
-    }
-}
 
 #[derive(Default, Clone, Copy)]
 struct Step {

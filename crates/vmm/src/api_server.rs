@@ -37,6 +37,8 @@ pub struct ApiShared {
     pub boot_size: u64,
     /// The running VM's virtio-mem device.
     pub memory_device: Option<virtio::mem::MemHandle>,
+    /// The running VM's KVM statistics (`vm.counters`).
+    pub kvm_stats: Option<Arc<crate::kvm_stats::KvmStats>>,
 }
 
 impl ApiShared {
@@ -196,6 +198,7 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
 const ENDPOINTS: &[(&str, Method)] = &[
     ("vmm.ping", Method::Get),
     ("vm.info", Method::Get),
+    ("vm.counters", Method::Get),
     ("vm.shutdown", Method::Put),
     ("vm.resize", Method::Put),
     ("vmm.shutdown", Method::Put),
@@ -231,6 +234,21 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                 memory,
             })
         }
+        "vm.counters" => {
+            // Cloud Hypervisor's shape: {group: {counter: value}}; the group
+            // here is "kvm", KVM's vCPU statistics summed over vCPUs.
+            let stats = ctx
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .kvm_stats
+                .clone();
+            let mut counters = api::types::VmCounters::new();
+            if let Some(s) = stats {
+                counters.insert("kvm".into(), s.sum());
+            }
+            json(&counters)
+        }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
         "vm.resize" => match serde_json::from_slice::<api::types::VmResizeRequest>(&req.body) {
             Err(e) => Response::error(
@@ -262,6 +280,7 @@ mod tests {
             boot_count: 1,
             boot_size: 256 << 20,
             memory_device: None,
+            kvm_stats: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))
@@ -290,6 +309,12 @@ mod tests {
             (VmState::Running, 1, 256 << 20)
         );
         assert_eq!(info.config["cpus"]["boot_vcpus"], 2);
+        let r = call(&path, Method::Get, "/api/v1/vm.counters");
+        assert_eq!(
+            (r.status, r.body),
+            (200, Some(b"{}".to_vec())),
+            "no VM, no counters"
+        );
         assert_eq!(call(&path, Method::Put, "/api/v1/vm.info").status, 405);
         assert_eq!(call(&path, Method::Get, "/api/v1/nope").status, 404);
         assert_eq!(call(&path, Method::Get, "/other").status, 404);

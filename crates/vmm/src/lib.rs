@@ -13,6 +13,7 @@ pub mod events;
 pub mod exit;
 mod hotplug;
 pub mod interrupt;
+pub mod kvm_stats;
 pub mod memory;
 mod pci_segment;
 mod vcpu;

@@ -20,6 +20,7 @@ use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::HotplugBackend;
 use crate::interrupt::MsiRouter;
+use crate::kvm_stats::KvmStats;
 use crate::pci_segment::PciSegment;
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
 use crate::x86_64::{self as kvm_x86, HostCpu};
@@ -32,6 +33,7 @@ use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 /// unmapped, and Rust drops fields in declaration order.
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
+    kvm_stats: Arc<KvmStats>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     pci: PciSegment,
@@ -210,9 +212,14 @@ impl Vm {
             kvm_x86::setup_vcpu(&vcpu, &host, id, nr_vcpus, boot)?;
             vcpus.push(vcpu);
         }
+        let kvm_stats = Arc::new(KvmStats::open(&vcpus).unwrap_or_else(|e| {
+            log::warn!("no KVM statistics for vm.counters (KVM_GET_STATS_FD: {e})");
+            KvmStats::default()
+        }));
 
         Ok(Self {
             vcpus,
+            kvm_stats,
             vm_fd,
             ram,
             pio,
@@ -245,6 +252,11 @@ impl Vm {
     /// The event monitor, if any.
     pub fn events(&self) -> Option<&Arc<EventMonitor>> {
         self.events.as_ref()
+    }
+
+    /// KVM's statistics of this VM's vCPUs.
+    pub fn kvm_stats(&self) -> Arc<KvmStats> {
+        self.kvm_stats.clone()
     }
 
     /// The virtio-mem device, if the VM has a hotplug region.

@@ -105,6 +105,7 @@ impl Vmm {
             devices: Vec::new(),
             boot_size: cfg.memory.size,
             memory_device: None,
+            kvm_stats: None,
         }));
         // The last vm.resize, carried across guest reboots.
         let mut hotplug_requested: Option<u64> = None;
@@ -130,6 +131,7 @@ impl Vmm {
                 s.boot_count += 1;
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
+                s.kvm_stats = Some(vm.kvm_stats());
             }
             emit(
                 "booting",
@@ -141,6 +143,7 @@ impl Vmm {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.state = VmState::Created;
                 s.memory_device = None;
+                s.kvm_stats = None;
             }
             match reason {
                 ExitReason::Reset if !cfg.no_reboot => {
