@@ -206,13 +206,21 @@ fn api_info_shutdown(env: &Env) -> Result<String, String> {
             s.pid()
         ));
     }
+    let counters: serde_json::Value = serde_json::from_str(&remote(env, &sock, "counters")?)
+        .map_err(|e| format!("vm.counters is not JSON: {e}"))?;
+    let exits = counters["kvm"]["exits"].as_u64().unwrap_or(0);
+    if exits == 0 || counters["kvm"]["io_exits"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!(
+            "vm.counters shows no KVM exits of a booted guest: {counters}"
+        ));
+    }
     remote(env, &sock, "shutdown")?;
     let t = expect_exit(&mut s, 0)?;
     if std::path::Path::new(&sock).exists() {
         return Err("the API socket was left behind".into());
     }
     Ok(format!(
-        "info state=Running, shutdown -> exit 0 at {:.2} s",
+        "info state=Running, counters kvm.exits={exits}, shutdown -> exit 0 at {:.2} s",
         t.as_secs_f64()
     ))
 }
