@@ -7,7 +7,7 @@ $B mount -t devtmpfs dev /dev
 $B mount -t tmpfs tmp /tmp
 $B mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 export PATH=/bin
-for m in irqbypass ccp kvm kvm-amd; do
+for m in irqbypass ccp kvm kvm-amd vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
   [ -f /mod/$m.ko ] && { $B insmod /mod/$m.ko || echo "RIG| # insmod $m failed"; }
 done
 args=$($B sed -n 's/.*rig\.args=\([^ ]*\).*/\1/p' /proc/cmdline)

@@ -9,6 +9,8 @@
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --selftests [ARGS]  caravel-selftests ARGS against the outer VM's real KVM (TAP)
+#        tests/vm/run.sh --vfio [SCENARIO...] SR-IOV + VF tokens through vfio-pci: the outer VM is a q35
+#                                        with emulated VT-d and an igb NIC (QEMU 10 from bookworm-backports)
 #        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
@@ -39,7 +41,7 @@ trap 'rm -rf "$ROOT" "$RUN_LOG"' EXIT
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,mod,guest}
 cp /bin/busybox "$ROOT/bin/"
 for applet in $(/bin/busybox --list); do [ "$applet" = busybox ] || ln -sf busybox "$ROOT/bin/$applet"; done
-cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$BIN/caravel-selftests" "$ROOT/bin/"
+cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$BIN/caravel-selftests" "$BIN/caravel-sriov" "$ROOT/bin/"
 cp "$L1"/mod/*.ko "$ROOT/mod/"
 cp "$KDIR/vmlinux" "$KDIR/bzImage" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
@@ -72,6 +74,16 @@ if [ "${1:-}" = --demo ]; then
     -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo"
   exit $?
 fi
+QEMU=qemu-system-x86_64
+MACHINE=()
+APPEND_EXTRA=""
+if [ "${1:-}" = --vfio ]; then
+  Q=$("$RIG_DIR/fetch-qemu.sh" | tail -n1)
+  QEMU=$Q/usr/bin/qemu-system-x86_64
+  MACHINE=(-L "$Q/usr/share/qemu" -M q35 -device intel-iommu,intremap=on,caching-mode=on
+           -netdev user,id=n0 -device igb,netdev=n0,addr=0x3)
+  APPEND_EXTRA=" intel_iommu=on"
+fi
 case "${1:-}" in
   --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
   --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
@@ -82,9 +94,9 @@ boot_outer() {
   # The outer VM's console goes to RUN_LOG (line-buffered); a watchdog treats
   # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
   : > "$RUN_LOG"
-  ( timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
-      -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
-      -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
+  ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
+      "${MACHINE[@]}" -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
+      -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
   local vm=$!
   tail -n +1 -f --pid=$vm "$RUN_LOG" | stdbuf -oL sed -n 's/^RIG| //p' &
   local relay=$! last=-1 idle=0

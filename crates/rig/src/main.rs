@@ -2,7 +2,8 @@
 //! test VM (see tests/vm/README.md). Prints TAP 13, one test per scenario.
 //!
 //! Usage: `caravel-rig [--bin DIR] [--guest DIR] [--prefix STR] [--list] [SCENARIO...]`
-//! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`).
+//! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`),
+//! or `caravel-rig --vfio [SCENARIO...]` (see `vfio_scenarios.rs`).
 //! (default: every scenario). Binaries are taken from `--bin` (default
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
@@ -12,6 +13,7 @@ mod mem_bench;
 mod mem_scenarios;
 mod scenarios;
 mod session;
+mod vfio_scenarios;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,6 +62,7 @@ fn main() {
     let mut bench_vcpus = 1;
     let mut bench_blk = None;
     let mut bench_mem = false;
+    let mut vfio = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -71,6 +74,7 @@ fn main() {
                 bench_blk = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5))
             }
             "--bench-mem" => bench_mem = true,
+            "--vfio" => vfio = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
                 for s in scenarios::ALL {
@@ -105,12 +109,17 @@ fn main() {
         }
         return;
     }
-    let selected: Vec<_> = scenarios::ALL
+    let all = if vfio {
+        vfio_scenarios::ALL
+    } else {
+        scenarios::ALL
+    };
+    let selected: Vec<_> = all
         .iter()
         .filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name))
         .collect();
     for w in &wanted {
-        if !scenarios::ALL.iter().any(|s| s.name == w) {
+        if !all.iter().any(|s| s.name == w) {
             eprintln!("caravel-rig: unknown scenario '{w}' (see --list)");
             std::process::exit(2);
         }

@@ -125,7 +125,13 @@ impl Device {
         }
         let group_nr = sysfs.iommu_group(bdf).ok_or(Error::NoIommuGroup { bdf })?;
         let container = Container::open(sysfs)?;
-        let mut group = Group::open(sysfs, group_nr)?;
+        // A group node opens once: EBUSY means another user holds the device.
+        let mut group = Group::open(sysfs, group_nr).map_err(|e| match e {
+            Error::Io { ref source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+                Error::Busy { bdf }
+            }
+            e => e,
+        })?;
         group.attach(&container)?;
         container.set_iommu()?;
         let file = open_named(&mut group, &t, token)?;
