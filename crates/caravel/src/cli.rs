@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use vmm::config::{
-    ConsoleConfig, CpusConfig, DiskConfig, HotplugConfig, LinuxPayload, MemoryConfig, Payload,
-    VmConfig,
+    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MemoryConfig,
+    Payload, VmConfig,
 };
 
 use crate::options::{KeyValues, OptionError};
@@ -78,6 +78,13 @@ pub struct Args {
     /// Repeat for more disks (the guest sees vda, vdb, ...).
     #[arg(long, value_name = "path=PATH[,readonly=on]")]
     pub disk: Vec<String>,
+
+    /// A host PCI device passed through with VFIO:
+    /// path=/sys/bus/pci/devices/BDF[,vf_token=UUID][,id=NAME]. The device must
+    /// be bound to vfio-pci; a VF of a PF that vfio-pci owns needs the token its
+    /// PF owner set (caravel-sriov enable --vf-token). Repeatable.
+    #[arg(long, value_name = "path=PATH[,vf_token=UUID]")]
+    pub device: Vec<String>,
 
     /// A virtio-rng device fed by the host's getrandom(2).
     #[arg(long)]
@@ -282,6 +289,39 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
     })
 }
 
+/// Parses one `--device`.
+pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
+    let kv = KeyValues::parse("--device", s, &["path", "vf_token", "id"], Some("path"))?;
+    let path = kv
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| OptionError::new("--device", "path=/sys/bus/pci/devices/BDF is required"))?;
+    let bdf = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<vfio::PciAddress>().ok())
+        .ok_or_else(|| {
+            OptionError::new(
+                "--device",
+                format!("path={} does not end in a PCI address; use path=/sys/bus/pci/devices/0000:BB:DD.F", path.display()),
+            )
+        })?;
+    let vf_token = kv
+        .get("vf_token")
+        .map(|t| {
+            t.parse::<vfio::VfToken>()
+                .map_err(|e| OptionError::new("--device", format!("vf_token: {e}")))
+        })
+        .transpose()?;
+    Ok(DeviceConfig {
+        path,
+        bdf,
+        vf_token,
+        id: kv.get("id").map(str::to_string),
+    })
+}
+
 /// Parses `--serial` or `--console`.
 pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, OptionError> {
     match s {
@@ -339,6 +379,11 @@ impl Args {
                 .disk
                 .iter()
                 .map(|d| parse_disk(d))
+                .collect::<Result<_, _>>()?,
+            devices: self
+                .device
+                .iter()
+                .map(|d| parse_device(d))
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
             api_socket: self
@@ -408,6 +453,47 @@ mod tests {
         assert_eq!(c.api_socket.as_deref(), Some(Path::new("/tmp/a.sock")));
         assert_eq!(c.event_monitor.as_deref(), Some(Path::new("/tmp/ev")));
         assert!(c.no_reboot);
+    }
+
+    #[test]
+    fn devices_take_a_sysfs_path_and_an_optional_token() {
+        let c = args(&[
+            "--device",
+            "path=/sys/bus/pci/devices/0000:00:13.2,vf_token=0B7C5F5E-6a0b-4a1f-9f3a-6f1f0c2d9e11,id=nic",
+            "--device",
+            "/sys/bus/pci/devices/0000:00:04.0",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].bdf.to_string(), "0000:00:13.2");
+        assert_eq!(
+            c.devices[0].vf_token.map(|t| t.to_string()).as_deref(),
+            Some("0b7c5f5e-6a0b-4a1f-9f3a-6f1f0c2d9e11")
+        );
+        assert_eq!(c.devices[0].id.as_deref(), Some("nic"));
+        assert!(c.devices[1].vf_token.is_none());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            !json.contains("0b7c5f5e"),
+            "the token never reaches vm.info: {json}"
+        );
+        assert!(err(&["--device", "path=/dev/vfio/12"])
+            .starts_with("--device: path=/dev/vfio/12 does not end in a PCI address"));
+        assert!(err(&[
+            "--device",
+            "path=/sys/bus/pci/devices/0000:00:13.2,vf_token=xyz"
+        ])
+        .starts_with("--device: vf_token: `xyz` is not a UUID"));
+        assert!(
+            err(&["--device", "vf_token=0b7c5f5e-6a0b-4a1f-9f3a-6f1f0c2d9e11"])
+                .starts_with("--device: path=")
+        );
+        assert!(
+            err(&["--device", "path=/sys/bus/pci/devices/0000:00:13.2,rom=off"])
+                .starts_with("--device: unknown key 'rom'")
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub const ALL: &[Scenario] = &[
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn caravel_args(env: &Env, kernel: &str, test: &str, extra: &[&str]) -> Vec<String> {
+pub fn caravel_args(env: &Env, kernel: &str, test: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = vec![
         "--kernel".into(),
         env.guest(kernel),

@@ -16,7 +16,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::scenarios::Scenario;
+use crate::scenarios::{caravel_args, expect_exit, guest_cmd, Scenario};
+use crate::session::Session;
 use crate::Env;
 
 const PF: &str = "0000:00:03.0";
@@ -43,10 +44,113 @@ pub const ALL: &[Scenario] = &[
         run: regions_msix_dma,
     },
     Scenario {
+        name: "vfio-passthrough-refuses-missing-and-wrong-token",
+        run: passthrough_refusals,
+    },
+    Scenario {
+        name: "vfio-passthrough-vf-to-guest",
+        run: passthrough,
+    },
+    Scenario {
         name: "vfio-sriov-status-disable",
         run: status_disable,
     },
 ];
+
+fn device_arg(vf: PciAddress, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("path=/sys/bus/pci/devices/{vf},vf_token={t}"),
+        None => format!("path=/sys/bus/pci/devices/{vf}"),
+    }
+}
+
+/// Sets the PF's token to `token`: with no VF in use, opening the PF with a
+/// token sets it (the scenarios below do not depend on the ones above).
+fn set_token(token: &str) -> Result<(), String> {
+    Device::open(&Sysfs::default(), a(PF), Some(&t(token)))
+        .map(drop)
+        .map_err(|e| format!("setting the token by opening the PF: {e}"))
+}
+
+fn passthrough_refusals(env: &Env) -> Result<String, String> {
+    set_token(T2)?;
+    let vf = vfs()[0];
+    let mut said = Vec::new();
+    for (token, want) in [(None, "give vf_token=<uuid>"), (Some(T1), "is not the one")] {
+        let dev = device_arg(vf, token);
+        let mut s = Session::spawn(
+            &env.bin("caravel"),
+            &caravel_args(env, "vmlinux", "marker", &["--device", &dev]),
+        )?;
+        expect_exit(&mut s, 1)?;
+        let err = s.stderr();
+        if !err.contains(want) || s.tail().contains("CARAVEL-MARKER") {
+            return Err(format!(
+                "--device {dev}: expected \"{want}\" before any guest output, got:\n{err}"
+            ));
+        }
+        said.push(
+            err.lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    Ok(said.join(" | "))
+}
+
+fn passthrough(env: &Env) -> Result<String, String> {
+    set_token(T2)?;
+    let vf = vfs()[0];
+    let dev = device_arg(vf, Some(T2));
+    let mut s = Session::spawn(
+        &env.bin("caravel"),
+        &caravel_args(env, "vmlinux", "interactive", &["--device", &dev]),
+    )?;
+    let lines = guest_cmd(
+        &mut s,
+        "for d in /sys/bus/pci/devices/*; do echo \"PCI $(basename $d) $(cat $d/vendor):$(cat $d/device) $(basename $(readlink $d/driver) 2>/dev/null)\"; done; echo MSIX $(ls /sys/bus/pci/devices/0000:00:01.0/msi_irqs | wc -l); dmesg | grep -i igbvf | tail -n 3; true",
+    )?;
+    let vf_line = lines
+        .iter()
+        .find(|l| l.contains("PCI ") && l.contains("0x8086:0x10ca"))
+        .ok_or_else(|| {
+            format!(
+                "the guest does not see the VF 8086:10ca:\n{}",
+                lines.join("\n")
+            )
+        })?
+        .trim()
+        .to_string();
+    if !vf_line.ends_with("igbvf") {
+        return Err(format!(
+            "the VF is not bound to igbvf in the guest: {vf_line}\n{}",
+            s.tail()
+        ));
+    }
+    // igbvf enables MSI-X at probe: the vectors the guest allocated through
+    // the emulated capability.
+    let msix: u32 = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("MSIX "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    if msix == 0 {
+        return Err(format!(
+            "igbvf enabled no MSI-X vector in the guest:\n{}",
+            lines.join("\n")
+        ));
+    }
+    let mac = lines
+        .iter()
+        .find(|l| l.contains("Address:"))
+        .map_or("", |l| l.trim());
+    s.send("poweroff -f")?;
+    expect_exit(&mut s, 0)?;
+    Ok(format!(
+        "guest: {vf_line}, {msix} MSI-X vectors enabled; {mac}"
+    ))
+}
 
 fn a(s: &str) -> PciAddress {
     s.parse().expect("address")

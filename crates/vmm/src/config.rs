@@ -22,6 +22,8 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     /// virtio-blk devices.
     pub disks: Vec<DiskConfig>,
+    /// VFIO passthrough devices.
+    pub devices: Vec<DeviceConfig>,
     /// A virtio-rng device.
     pub rng: bool,
     /// Control API socket.
@@ -98,6 +100,21 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// `--device`: a host PCI device passed through with VFIO.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// `/sys/bus/pci/devices/BDF`
+    pub path: PathBuf,
+    /// The device's address (from the path).
+    #[serde(skip)]
+    pub bdf: vfio::PciAddress,
+    /// The VF token to present (never serialized: `vm.info` must not show it).
+    #[serde(skip)]
+    pub vf_token: Option<vfio::VfToken>,
+    /// Name in `vm.info`.
+    pub id: Option<String>,
+}
+
 /// What the guest runs.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -153,6 +170,7 @@ impl VmConfig {
             serial: ConsoleConfig::Off,
             console: ConsoleConfig::Off,
             disks: Vec::new(),
+            devices: Vec::new(),
             rng: false,
             api_socket: None,
             event_monitor: None,

@@ -29,6 +29,9 @@ pub enum Error {
     /// Guest memory could not be created or written.
     #[error("guest memory: {0}")]
     Memory(String),
+    /// A `--device` could not be passed through (VFIO).
+    #[error("--device {0}")]
+    Vfio(String),
     /// Other I/O (sockets, files, threads).
     #[error("{what}: {source}")]
     Io {

@@ -136,6 +136,14 @@ impl MsixVectors {
     }
 }
 
+impl MsixVectors {
+    /// The vectors' irqfds, for a device that signals them itself (VFIO).
+    pub fn eventfds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.vectors.iter().map(|(_, e)| e.as_raw_fd()).collect()
+    }
+}
+
 impl MsixSink for MsixVectors {
     fn update_route(&self, vector: u16, message: Option<(u64, u32)>) {
         if let Some((gsi, _)) = self.vectors.get(usize::from(vector)) {

@@ -17,6 +17,7 @@ pub mod kvm_stats;
 pub mod memory;
 mod pci_segment;
 mod vcpu;
+mod vfio_pci;
 mod vm;
 mod vmm;
 #[cfg(target_arch = "x86_64")]

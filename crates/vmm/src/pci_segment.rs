@@ -19,6 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupt::{MsiRouter, MsixVectors};
+use crate::vfio_pci::VfioPciDevice;
 use crate::{Error, Result};
 
 /// Port of CONFIG_ADDRESS (type-1 access).
@@ -31,7 +32,15 @@ struct IoEvent {
     evt: EventFd,
 }
 
-/// Moves BARs on the buses and their ioeventfds with them.
+/// A BAR the guest reaches through a KVM memory slot (VFIO passthrough).
+#[derive(Debug, Clone, Copy)]
+struct BarSlot {
+    slot: u32,
+    host: u64,
+    size: u64,
+}
+
+/// Moves BARs on the buses and their ioeventfds and memory slots with them.
 struct Mapper {
     vm: Arc<VmFd>,
     mmio: Arc<Bus>,
@@ -40,6 +49,29 @@ struct Mapper {
     /// Where each BAR really is (a refused move leaves it in place).
     located: Mutex<BTreeMap<(DevFn, u8), u64>>,
     ioevents: Mutex<BTreeMap<DevFn, Vec<IoEvent>>>,
+    slots: Mutex<BTreeMap<(DevFn, u8), BarSlot>>,
+}
+
+impl Mapper {
+    /// Points memory slot `s` at guest address `gpa` (size 0 deletes it).
+    fn set_slot(
+        &self,
+        s: &BarSlot,
+        gpa: u64,
+        present: bool,
+    ) -> std::result::Result<(), kvm_ioctls::Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: s.slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: if present { s.size } else { 0 },
+            userspace_addr: s.host,
+        };
+        // SAFETY: the host range is a VFIO region mapping owned by the
+        // passed-through device, which the VM keeps (through its buses)
+        // until its vCPUs have stopped; deleting a slot touches no memory.
+        unsafe { self.vm.set_user_memory_region(region) }
+    }
 }
 
 impl Mapper {
@@ -66,6 +98,22 @@ impl BarMapper for Mapper {
         };
         bus.relocate(current, mv.new).map_err(|e| e.to_string())?;
         located.insert(key, mv.new);
+        if let Some(s) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            // Delete, then re-create at the new address; if that fails the
+            // BAR still works, trapped through the bus.
+            let _ = self.set_slot(s, current, false);
+            if let Err(e) = self.set_slot(s, mv.new, true) {
+                log::warn!(
+                    "pci {devfn}: BAR {} memory slot not moved ({e}); accesses take the slow path",
+                    mv.index
+                );
+            }
+        }
         let ioevents = self.ioevents.lock().unwrap_or_else(|e| e.into_inner());
         for io in ioevents
             .get(&devfn)
@@ -94,10 +142,13 @@ impl BarMapper for Mapper {
 pub struct PciSegment {
     bus: Arc<PciBus>,
     mapper: Arc<Mapper>,
+    mmio32: AddressAllocator,
     mmio64: AddressAllocator,
     router: Arc<MsiRouter>,
     layout: HostBridgeLayout,
     virtio: Vec<(String, DevFn, Arc<Mutex<VirtioPciDevice>>)>,
+    vfio: Vec<(String, DevFn, Arc<Mutex<VfioPciDevice>>)>,
+    next_mem_slot: u32,
 }
 
 impl PciSegment {
@@ -116,6 +167,7 @@ impl PciSegment {
             ram: mem_layout.ram_ranges(),
             located: Mutex::new(BTreeMap::new()),
             ioevents: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
         });
         let bus = Arc::new(PciBus::new(mapper.clone()));
         bus.add(
@@ -146,13 +198,19 @@ impl PciSegment {
         let (m64, m64_size) = layout.mmio64;
         let mmio64 = AddressAllocator::new(m64, m64_size)
             .map_err(|e| Error::Memory(format!("64-bit MMIO window: {e:?}")))?;
+        let (m32, m32_size) = layout.mmio32;
+        let mmio32 = AddressAllocator::new(m32, m32_size)
+            .map_err(|e| Error::Memory(format!("32-bit MMIO window: {e:?}")))?;
         Ok(Self {
             bus,
             mapper,
+            mmio32,
             mmio64,
             router,
             layout,
             virtio: Vec::new(),
+            vfio: Vec::new(),
+            next_mem_slot: u32::MAX,
         })
     }
 
@@ -220,6 +278,89 @@ impl PciSegment {
         log::info!("{name} at PCI {devfn}, BAR0 {bar_addr:#x}");
         self.virtio.push((name.to_string(), devfn, dev.clone()));
         Ok(dev)
+    }
+
+    /// KVM memory slots from `first` on are free for BARs.
+    pub fn set_first_free_slot(&mut self, first: u32) {
+        self.next_mem_slot = first;
+    }
+
+    /// Passes `dev` through as a PCI function: BARs placed in the MMIO
+    /// windows, mmap-able ones as KVM memory slots, the rest (and MSI-X)
+    /// trapped on the MMIO bus.
+    pub fn add_vfio(
+        &mut self,
+        name: &str,
+        dev: vfio::device::Device,
+    ) -> Result<Arc<Mutex<VfioPciDevice>>> {
+        let devfn = self
+            .bus
+            .free_slot(1)
+            .ok_or_else(|| Error::Memory("no free PCI slot (31 devices at most)".into()))?;
+        let (m32, m64) = (&mut self.mmio32, &mut self.mmio64);
+        let mut alloc = |size: u64, low: bool| -> Result<u64> {
+            let a = if low { &mut *m32 } else { &mut *m64 };
+            a.allocate(size, size, AllocPolicy::FirstMatch)
+                .map(|r| r.start())
+                .map_err(|e| {
+                    Error::Memory(format!("no room for a {size:#x}-byte BAR of {name}: {e:?}"))
+                })
+        };
+        let router = self.router.clone();
+        let mut make_sink = |n: u16| -> Result<Arc<MsixVectors>> {
+            Ok(Arc::new(MsixVectors::new(router.clone(), n)?))
+        };
+        let vdev = VfioPciDevice::new(name, dev, &mut alloc, &mut make_sink)?;
+        let bars = vdev.bars();
+        let direct = vdev.direct_bars();
+        let dev = Arc::new(Mutex::new(vdev));
+        let as_pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
+        for b in &bars {
+            self.mapper
+                .mmio
+                .insert(
+                    Arc::new(Mutex::new(BarRegion::new(as_pci.clone(), b.index))),
+                    b.addr,
+                    b.size,
+                )
+                .map_err(|e| Error::Memory(format!("cannot map {name}'s BAR {}: {e}", b.index)))?;
+            self.mapper
+                .located
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((devfn, b.index), b.addr);
+        }
+        for d in direct {
+            let s = BarSlot {
+                slot: self.next_mem_slot,
+                host: d.host,
+                size: d.size,
+            };
+            self.mapper.set_slot(&s, d.addr, true).map_err(|e| {
+                Error::Vfio(format!(
+                    "{name}: BAR {} as memory slot {}: {e}",
+                    d.index, s.slot
+                ))
+            })?;
+            self.mapper
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((devfn, d.index), s);
+            self.next_mem_slot += 1;
+        }
+        self.bus.add(devfn, as_pci);
+        log::info!(
+            "{name} passed through at PCI {devfn}: BARs {:?}",
+            bars.iter().map(|b| (b.index, b.addr)).collect::<Vec<_>>()
+        );
+        self.vfio.push((name.to_string(), devfn, dev.clone()));
+        Ok(dev)
+    }
+
+    /// The passed-through functions: name, address, device.
+    pub fn vfio_devices(&self) -> &[(String, DevFn, Arc<Mutex<VfioPciDevice>>)] {
+        &self.vfio
     }
 
     /// The virtio functions: name, address, device.

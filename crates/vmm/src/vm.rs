@@ -11,7 +11,7 @@ use devices::i8042::I8042;
 use devices::serial::{SerialDevice, SerialOutput};
 use devices::Bus;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{ConsoleConfig, Payload, VmConfig};
@@ -191,6 +191,13 @@ impl Vm {
             _ => None,
         };
 
+        let hotplug_slots = cfg
+            .memory
+            .hotplug
+            .map_or(0, |h| (h.hotplug_size / h.slot_size()) as u32);
+        pci.set_first_free_slot(first_hotplug_slot + hotplug_slots);
+        add_vfio_devices(cfg, &mut pci, memory)?;
+
         let acpi_cfg = acpi::AcpiConfig {
             nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
             dsdt_extra: pci::aml::dsdt(pci.layout()),
@@ -266,10 +273,11 @@ impl Vm {
 
     /// The PCI devices: `(name, PCI address)`.
     pub fn devices(&self) -> Vec<api::types::DeviceInfo> {
-        self.pci
-            .virtio_devices()
-            .iter()
-            .map(|(name, devfn, _)| api::types::DeviceInfo {
+        let virtio = self.pci.virtio_devices().iter().map(|(n, d, _)| (n, d));
+        let vfio = self.pci.vfio_devices().iter().map(|(n, d, _)| (n, d));
+        virtio
+            .chain(vfio)
+            .map(|(name, devfn)| api::types::DeviceInfo {
                 id: name.clone(),
                 pci_bdf: devfn.to_string(),
             })
@@ -312,6 +320,35 @@ impl Vm {
 }
 
 /// Creates the configured virtio devices on `pci`.
+/// Opens each `--device` (refusing a missing or wrong VF token before the
+/// guest starts), passes it through, and maps guest RAM for its DMA.
+fn add_vfio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap) -> Result<()> {
+    if !cfg.devices.is_empty() && cfg.memory.hotplug.is_some() {
+        return Err(Error::config(
+            "--device",
+            "cannot be combined with --memory hotplug_size yet: passthrough DMA-maps (and so pins) all guest RAM",
+        ));
+    }
+    let sysfs = vfio::pci::Sysfs::default();
+    for (i, d) in cfg.devices.iter().enumerate() {
+        let dev = vfio::device::Device::open(&sysfs, d.bdf, d.vf_token.as_ref())
+            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
+        for region in mem.iter() {
+            // SAFETY: guest RAM is owned by the Vm, whose `pci` field (which
+            // owns the device and its container) is dropped before `ram`,
+            // so the pages stay mapped as long as the device can DMA.
+            unsafe {
+                dev.container()
+                    .map_dma(region.start_addr().0, region.len(), region.as_ptr() as u64)
+            }
+            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
+        }
+        let name = d.id.clone().unwrap_or_else(|| format!("vfio{i}"));
+        pci.add_vfio(&name, dev)?;
+    }
+    Ok(())
+}
+
 fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap) -> Result<()> {
     for (i, d) in cfg.disks.iter().enumerate() {
         let file = std::fs::OpenOptions::new()
