@@ -11,8 +11,18 @@ const MIB: u64 = 1 << 20;
 
 /// Caravel with 256 MiB boot RAM, a 1 GiB hotplug region and an API socket.
 pub fn start(env: &Env, sock: &str, memory_extra: &str) -> Result<Session, String> {
+    start_with(env, sock, memory_extra, &[])
+}
+
+/// [`start`] with more caravel arguments.
+pub fn start_with(
+    env: &Env,
+    sock: &str,
+    memory_extra: &str,
+    extra: &[&str],
+) -> Result<Session, String> {
     let _ = std::fs::remove_file(sock);
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--kernel",
         &env.guest("vmlinux"),
         "--initramfs",
@@ -27,6 +37,7 @@ pub fn start(env: &Env, sock: &str, memory_extra: &str) -> Result<Session, Strin
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     Ok(s)

@@ -16,6 +16,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::mem_scenarios;
 use crate::scenarios::{caravel_args, expect_exit, guest_cmd, Scenario};
 use crate::session::Session;
 use crate::Env;
@@ -50,6 +51,10 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "vfio-passthrough-vf-to-guest",
         run: passthrough,
+    },
+    Scenario {
+        name: "vfio-passthrough-dma-follows-virtio-mem",
+        run: passthrough_with_virtio_mem,
     },
     Scenario {
         name: "vfio-sriov-status-disable",
@@ -150,6 +155,42 @@ fn passthrough(env: &Env) -> Result<String, String> {
     Ok(format!(
         "guest: {vf_line}, {msix} MSI-X vectors enabled; {mac}"
     ))
+}
+
+/// VmLck of `pid` in MiB: VFIO type-1 accounts the pages it pins there.
+fn pinned_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmLck:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 10)
+}
+
+fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
+    set_token(T2)?;
+    let dev = device_arg(vfs()[0], Some(T2));
+    let sock = env.tmp.join("vfio-mem.sock").display().to_string();
+    let mut s = mem_scenarios::start_with(env, &sock, "", &["--device", &dev])?;
+    let boot = pinned_mib(s.pid());
+    mem_scenarios::resize_wait(env, &sock, "768M", 60)?;
+    let grown = pinned_mib(s.pid());
+    mem_scenarios::resize_wait(env, &sock, "256M", 60)?;
+    let shrunk = pinned_mib(s.pid());
+    s.send("poweroff -f")?;
+    expect_exit(&mut s, 0)?;
+    // Boot RAM (256 MiB) is pinned at start; +512 MiB plugged, then unplugged.
+    if !(250..=260).contains(&boot)
+        || !(grown.abs_diff(boot + 512) <= 8)
+        || !(shrunk.abs_diff(boot) <= 8)
+    {
+        return Err(format!(
+            "pinned (VmLck) {boot} -> {grown} -> {shrunk} MiB; expected 256 -> 768 -> 256"
+        ));
+    }
+    Ok(format!("pinned for device DMA: {boot} -> {grown} -> {shrunk} MiB as the guest plugged and unplugged 512 MiB"))
 }
 
 fn a(s: &str) -> PciAddress {

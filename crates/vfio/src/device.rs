@@ -88,7 +88,7 @@ pub struct Device {
     num_regions: u32,
     num_irqs: u32,
     /// Kept open: closing them would detach the device from its IOMMU.
-    container: Container,
+    container: std::sync::Arc<Container>,
     _group: Group,
 }
 
@@ -152,7 +152,7 @@ impl Device {
             file,
             num_regions: info.num_regions,
             num_irqs: info.num_irqs,
-            container,
+            container: std::sync::Arc::new(container),
             _group: group,
         })
     }
@@ -165,6 +165,11 @@ impl Device {
     /// The container (for DMA mapping).
     pub fn container(&self) -> &Container {
         &self.container
+    }
+
+    /// The container, shared (for whoever maps memory plugged later).
+    pub fn shared_container(&self) -> std::sync::Arc<Container> {
+        self.container.clone()
     }
 
     /// Number of regions and of IRQ indexes.

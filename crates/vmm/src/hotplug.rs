@@ -4,13 +4,17 @@
 //! `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`) and returning unplugged memory to
 //! the host.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use virtio::mem::MemBackend;
 
 use crate::memory::HostMapping;
+
+/// The VFIO containers of the VM's passed-through devices: plugged blocks
+/// are DMA-mapped into each, unplugged ones unmapped.
+pub type DmaTargets = Arc<Mutex<Vec<Arc<vfio::container::Container>>>>;
 
 /// Carries out virtio-mem effects on one VM.
 pub struct HotplugBackend {
@@ -19,6 +23,7 @@ pub struct HotplugBackend {
     base: u64,
     slot_size: u64,
     first_slot: u32,
+    dma: DmaTargets,
 }
 
 impl HotplugBackend {
@@ -30,6 +35,7 @@ impl HotplugBackend {
         base: u64,
         slot_size: u64,
         first_slot: u32,
+        dma: DmaTargets,
     ) -> Self {
         Self {
             vm,
@@ -37,6 +43,7 @@ impl HotplugBackend {
             base,
             slot_size,
             first_slot,
+            dma,
         }
     }
 
@@ -73,6 +80,37 @@ impl MemBackend for HotplugBackend {
         self.mapping
             .populate(offset, len)
             .map_err(|e| format!("cannot allocate backing: {e}"))
+    }
+
+    fn dma_map(&self, offset: u64, len: u64, block: u64) -> Result<(), String> {
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.mapping.len() as u64)
+            || block == 0
+        {
+            return Err(format!(
+                "{len:#x} bytes at {offset:#x} are outside the region"
+            ));
+        }
+        for c in self.dma.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for b in (offset..offset + len).step_by(block as usize) {
+                let host = self.mapping.as_ptr() as u64 + b;
+                // SAFETY: the block lies inside `mapping` (checked above),
+                // which this backend keeps alive; it is unmapped from the
+                // container (dma_unmap) before it is discarded, and the
+                // container closes before the VM's memory goes.
+                unsafe { c.map_dma(self.base + b, block, host) }.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dma_unmap(&self, offset: u64, len: u64) -> Result<(), String> {
+        for c in self.dma.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            c.unmap_dma(self.base + offset, len)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), String> {

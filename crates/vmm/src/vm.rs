@@ -18,7 +18,7 @@ use crate::config::{ConsoleConfig, Payload, VmConfig};
 use crate::console;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::hotplug::HotplugBackend;
+use crate::hotplug::{DmaTargets, HotplugBackend};
 use crate::interrupt::MsiRouter;
 use crate::kvm_stats::KvmStats;
 use crate::pci_segment::PciSegment;
@@ -136,6 +136,7 @@ impl Vm {
             router,
         )?;
         add_virtio_devices(cfg, &mut pci, memory)?;
+        let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => {
                 let kvm_slots = kvm.get_nr_memslots() as u64;
@@ -152,6 +153,7 @@ impl Vm {
                     base,
                     h.slot_size(),
                     first_hotplug_slot,
+                    dma_targets.clone(),
                 ));
                 let geometry = Geometry {
                     addr: base,
@@ -196,7 +198,8 @@ impl Vm {
             .hotplug
             .map_or(0, |h| (h.hotplug_size / h.slot_size()) as u32);
         pci.set_first_free_slot(first_hotplug_slot + hotplug_slots);
-        add_vfio_devices(cfg, &mut pci, memory)?;
+        let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
+        add_vfio_devices(cfg, &mut pci, memory, boot_ram_end, &dma_targets)?;
 
         let acpi_cfg = acpi::AcpiConfig {
             nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
@@ -321,19 +324,21 @@ impl Vm {
 
 /// Creates the configured virtio devices on `pci`.
 /// Opens each `--device` (refusing a missing or wrong VF token before the
-/// guest starts), passes it through, and maps guest RAM for its DMA.
-fn add_vfio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap) -> Result<()> {
-    if !cfg.devices.is_empty() && cfg.memory.hotplug.is_some() {
-        return Err(Error::config(
-            "--device",
-            "cannot be combined with --memory hotplug_size yet: passthrough DMA-maps (and so pins) all guest RAM",
-        ));
-    }
+/// guest starts), passes it through, and maps boot RAM (below
+/// `boot_ram_end`) for its DMA; hotplugged memory is mapped block by block
+/// as the guest plugs it, through `dma`.
+fn add_vfio_devices(
+    cfg: &VmConfig,
+    pci: &mut PciSegment,
+    mem: &GuestMemoryMmap,
+    boot_ram_end: u64,
+    dma: &DmaTargets,
+) -> Result<()> {
     let sysfs = vfio::pci::Sysfs::default();
     for (i, d) in cfg.devices.iter().enumerate() {
         let dev = vfio::device::Device::open(&sysfs, d.bdf, d.vf_token.as_ref())
             .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
-        for region in mem.iter() {
+        for region in mem.iter().filter(|r| r.start_addr().0 < boot_ram_end) {
             // SAFETY: guest RAM is owned by the Vm, whose `pci` field (which
             // owns the device and its container) is dropped before `ram`,
             // so the pages stay mapped as long as the device can DMA.
@@ -343,6 +348,9 @@ fn add_vfio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap)
             }
             .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
         }
+        dma.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dev.shared_container());
         let name = d.id.clone().unwrap_or_else(|| format!("vfio{i}"));
         pci.add_vfio(&name, dev)?;
     }

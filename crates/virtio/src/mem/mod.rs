@@ -22,7 +22,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use bitmap::BlockBitmap;
-pub use state::{Effect, Geometry, MemState, Plan, Request, Response};
+pub use state::{DmaChange, Effect, Geometry, MemState, Plan, Request, Response};
 
 use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 use crate::queue_util::drain;
@@ -47,6 +47,17 @@ pub trait MemBackend: Send + Sync {
     fn populate(&self, offset: u64, len: u64) -> Result<(), String>;
     /// Return `[offset, offset + len)` of the region to the host.
     fn discard(&self, offset: u64, len: u64) -> Result<(), String>;
+    /// `[offset, offset + len)` was plugged: let passed-through devices DMA
+    /// to it, one mapping per `block` bytes (so any block can be unmapped
+    /// alone later). Called before the guest is told. Default: nothing.
+    fn dma_map(&self, _offset: u64, _len: u64, _block: u64) -> Result<(), String> {
+        Ok(())
+    }
+    /// `[offset, offset + len)` is about to be unplugged: stop device DMA to
+    /// it before the memory is unmapped or discarded. Default: nothing.
+    fn dma_unmap(&self, _offset: u64, _len: u64) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Called with the new plugged size whenever it changes.
@@ -86,6 +97,17 @@ impl MemShared {
         if plan.response.kind != state::RESP_ACK || matches!(req, Request::State { .. }) {
             return plan.response;
         }
+        let dma = s.dma_change(&plan);
+        let busy = Response {
+            kind: state::RESP_BUSY,
+            state: 0,
+        };
+        if let Some(DmaChange::Unmap { offset, len }) = dma {
+            if let Err(err) = self.backend.dma_unmap(offset, len) {
+                devices::warn_ratelimited!("virtio-mem: cannot stop device DMA to {len:#x} bytes at {offset:#x} ({err}); answering BUSY");
+                return busy;
+            }
+        }
         for e in &plan.before {
             if let Err(err) = self.apply(&mut s, *e) {
                 devices::warn_ratelimited!(
@@ -95,6 +117,14 @@ impl MemShared {
                     kind: state::RESP_BUSY,
                     state: 0,
                 };
+            }
+        }
+        if let Some(DmaChange::Map { offset, len }) = dma {
+            let block = s.geometry().block_size;
+            if let Err(err) = self.backend.dma_map(offset, len, block) {
+                devices::warn_ratelimited!("virtio-mem: cannot map {len:#x} bytes at {offset:#x} for device DMA ({err}); answering BUSY");
+                let _ = self.backend.dma_unmap(offset, len);
+                return busy;
             }
         }
         s.commit(&plan);
@@ -404,6 +434,8 @@ mod tests {
     struct Recorder {
         log: Mutex<Vec<Effect>>,
         fail_map: Mutex<bool>,
+        /// DMA calls: (map?, offset, len, effects logged before the call).
+        dma: Mutex<Vec<(bool, u64, u64, usize)>>,
     }
     impl MemBackend for Recorder {
         fn map_slot(&self, n: usize) -> Result<(), String> {
@@ -431,6 +463,42 @@ mod tests {
                 .push(Effect::Discard { offset, len });
             Ok(())
         }
+        fn dma_map(&self, offset: u64, len: u64, block: u64) -> Result<(), String> {
+            assert_eq!(block, 2 * MIB);
+            let n = self.log.lock().unwrap().len();
+            self.dma.lock().unwrap().push((true, offset, len, n));
+            Ok(())
+        }
+        fn dma_unmap(&self, offset: u64, len: u64) -> Result<(), String> {
+            let n = self.log.lock().unwrap().len();
+            self.dma.lock().unwrap().push((false, offset, len, n));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn device_dma_follows_plugged_blocks() {
+        let backend = Arc::new(Recorder::default());
+        let (dev, _) = device(backend.clone());
+        let m = mem();
+        request(&m, state::REQ_PLUG, BASE + 4 * MIB, 2);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_ACK));
+        request(&m, state::REQ_UNPLUG, BASE + 6 * MIB, 1);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_ACK));
+        request(&m, state::REQ_UNPLUG_ALL, 0, 0);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_ACK));
+        assert_eq!(
+            *backend.dma.lock().unwrap(),
+            vec![
+                (true, 4 * MIB, 4 * MIB, 1),  // after the slot is mapped, before the ACK
+                (false, 6 * MIB, 2 * MIB, 1), // before the discard
+                (false, 0, 512 * MIB, 2),     // the whole region on UNPLUG_ALL
+            ]
+        );
+        // Asking about state maps nothing.
+        request(&m, state::REQ_STATE, BASE, 1);
+        send(&dev, &m, &std_descs());
+        assert_eq!(backend.dma.lock().unwrap().len(), 3);
     }
 
     fn device(backend: Arc<Recorder>) -> (Mem, Arc<Mutex<Vec<u64>>>) {

@@ -159,6 +159,26 @@ pub enum Effect {
     },
 }
 
+/// What a plan means for device DMA (VFIO passthrough): plugged blocks
+/// become reachable by the devices, unplugged ones stop being first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaChange {
+    /// Map `[offset, offset + len)` of the region, block by block.
+    Map {
+        /// From the region start.
+        offset: u64,
+        /// Bytes (whole blocks).
+        len: u64,
+    },
+    /// Unmap `[offset, offset + len)` before the memory goes.
+    Unmap {
+        /// From the region start.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
     Set {
@@ -451,6 +471,33 @@ impl MemState {
                 }
             }
             Request::Unknown(_) => Plan::answer(RESP_ERROR),
+        }
+    }
+
+    /// The DMA bookkeeping `plan` implies.
+    pub fn dma_change(&self, plan: &Plan) -> Option<DmaChange> {
+        let bs = self.geometry.block_size;
+        match plan.change? {
+            Change::Set {
+                first,
+                count,
+                plugged: true,
+            } => Some(DmaChange::Map {
+                offset: first * bs,
+                len: count * bs,
+            }),
+            Change::Set {
+                first,
+                count,
+                plugged: false,
+            } => Some(DmaChange::Unmap {
+                offset: first * bs,
+                len: count * bs,
+            }),
+            Change::All => Some(DmaChange::Unmap {
+                offset: 0,
+                len: self.geometry.region_size,
+            }),
         }
     }
 
