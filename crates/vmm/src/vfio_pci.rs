@@ -1,7 +1,8 @@
 //! A host PCI device passed through to the guest with VFIO.
 //!
 //! The guest sees an emulated type-0 header with the device's IDs and class,
-//! its memory BARs at addresses Caravel chose, and one capability: MSI-X, at
+//! its memory BARs at addresses Caravel chose, read-only copies of the
+//! device's power-management and PCI Express capabilities, and MSI-X, at
 //! the device's own table and PBA locations, emulated over VFIO's MSI-X IRQ
 //! index (one eventfd per vector, which is the vector's KVM irqfd). Command
 //! register writes (memory decode, bus mastering) reach the device. BARs
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use pci::{
     apply_events, Bar, BarKind, BarMove, ConfigSpace, MsixCap, MsixTable, PciClass, PciDevice,
-    CAP_ID_MSIX,
+    CAP_ID_MSIX, CAP_ID_PCIE,
 };
 use vfio::device::{Device, Mapping, RegionInfo};
 use vfio_bindings::bindings::vfio::{
@@ -29,6 +30,7 @@ const COMMAND: u16 = 0x04;
 /// Command bits the guest may pass to the device: I/O, memory, bus master.
 const COMMAND_PASSED: u16 = 0x7;
 const MAX_CAPS: usize = 48;
+const CAP_ID_PM: u8 = 0x01;
 
 /// Where the device keeps its MSI-X table and PBA.
 #[derive(Debug, Clone, Copy)]
@@ -80,31 +82,56 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-/// Finds the MSI-X capability in the device's configuration space.
-fn find_msix(cfg: &[u8; 256]) -> Option<MsixLayout> {
+/// The device's standard capabilities: (ID, offset), in list order, bounded.
+fn capabilities(cfg: &[u8; 256]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
     if u16_at(cfg, 0x06) & 0x10 == 0 {
-        return None; // no capability list
+        return out; // no capability list
     }
     let mut off = usize::from(cfg[0x34] & !3);
     for _ in 0..MAX_CAPS {
-        if !(0x40..=0xfc - 12).contains(&off) {
-            return None;
+        if !(0x40..=0xfc).contains(&off) || out.iter().any(|&(_, o)| o == off) {
+            break;
         }
-        if cfg[off] == CAP_ID_MSIX {
-            let ctrl = u16_at(cfg, off + 2);
-            let table = u32_at(cfg, off + 4);
-            let pba = u32_at(cfg, off + 8);
-            return Some(MsixLayout {
-                vectors: (ctrl & 0x7ff) + 1,
-                table_bar: (table & 7) as u8,
-                table_offset: u64::from(table & !7),
-                pba_bar: (pba & 7) as u8,
-                pba_offset: u64::from(pba & !7),
-            });
-        }
+        out.push((cfg[off], off));
         off = usize::from(cfg[off + 1] & !3);
     }
-    None
+    out
+}
+
+/// Finds the MSI-X capability in the device's configuration space.
+fn find_msix(cfg: &[u8; 256]) -> Option<MsixLayout> {
+    let (_, off) = capabilities(cfg)
+        .into_iter()
+        .find(|&(id, off)| id == CAP_ID_MSIX && off + 12 <= 256)?;
+    let ctrl = u16_at(cfg, off + 2);
+    let table = u32_at(cfg, off + 4);
+    let pba = u32_at(cfg, off + 8);
+    Some(MsixLayout {
+        vectors: (ctrl & 0x7ff) + 1,
+        table_bar: (table & 7) as u8,
+        table_offset: u64::from(table & !7),
+        pba_bar: (pba & 7) as u8,
+        pba_offset: u64::from(pba & !7),
+    })
+}
+
+/// Capabilities shown to the guest as read-only copies, with their length:
+/// power management (8 bytes) and PCI Express (60 bytes for version 2, 36
+/// for version 1). MSI is left out (only MSI-X is emulated); others too.
+fn read_only_caps(cfg: &[u8; 256]) -> Vec<Vec<u8>> {
+    capabilities(cfg)
+        .into_iter()
+        .filter_map(|(id, off)| {
+            let len = match id {
+                CAP_ID_PM => 8,
+                CAP_ID_PCIE if cfg.get(off + 2).is_some_and(|f| f & 0xf >= 2) => 60,
+                CAP_ID_PCIE => 36,
+                _ => return None,
+            };
+            cfg.get(off..off + len).map(<[u8]>::to_vec)
+        })
+        .collect()
 }
 
 impl VfioPciDevice {
@@ -172,6 +199,11 @@ impl VfioPciDevice {
                 mapping: None,
             });
             i += 1 + u8::from(wide);
+        }
+        for body in read_only_caps(&raw) {
+            if config.add_capability(&body, &[]).is_none() {
+                log::warn!("{name}: no room for capability {:#04x}; left out", body[0]);
+            }
         }
         let msix = match find_msix(&raw) {
             Some(l) => {
@@ -353,6 +385,35 @@ impl Drop for VfioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pm_and_pcie_are_copied_msi_is_not() {
+        let mut cfg = [0u8; 256];
+        cfg[0x06] = 0x10;
+        cfg[0x34] = 0x40;
+        cfg[0x40] = CAP_ID_PM;
+        cfg[0x41] = 0x50;
+        cfg[0x50] = 0x05; // MSI: left out
+        cfg[0x51] = 0x70;
+        cfg[0x70] = CAP_ID_PCIE;
+        cfg[0x72] = 2; // version 2
+        cfg[0x74] = 0xaa;
+        let caps = read_only_caps(&cfg);
+        assert_eq!(
+            caps.iter().map(|c| (c[0], c.len())).collect::<Vec<_>>(),
+            vec![(CAP_ID_PM, 8), (CAP_ID_PCIE, 60)]
+        );
+        assert_eq!(caps[1][4], 0xaa);
+        cfg[0xd1] = 0xd0; // a PCIe cap that would run past 256 bytes is dropped
+        cfg[0x71] = 0xd0;
+        cfg[0xd0] = CAP_ID_PCIE;
+        cfg[0xd2] = 2;
+        assert_eq!(
+            read_only_caps(&cfg).len(),
+            2,
+            "self-loop ends the walk, oversized cap left out"
+        );
+    }
 
     #[test]
     fn the_msix_capability_is_found_through_the_list() {
