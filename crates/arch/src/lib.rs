@@ -8,5 +8,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+
 mod size;
 pub use size::{format_size, parse_size, SizeError};

@@ -2,15 +2,17 @@
 //! irqfd on that GSI, and (while the vector is unmasked) an MSI route.
 //!
 //! `KVM_SET_GSI_ROUTING` replaces the whole table, and the in-kernel irqchip's
-//! default routes (GSI n -> IOAPIC pin n, and the PIC for n < 16) live in the
-//! same table, so every commit re-sends them with the MSI routes.
+//! default routes (x86: GSI n -> IOAPIC pin n, and the PIC for n < 16;
+//! aarch64: GSI n -> SPI n) live in the same table, so every commit re-sends
+//! them with the MSI routes. On aarch64 an MSI route also carries the
+//! device's requester ID, the ITS device ID (`KVM_MSI_VALID_DEVID`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MSI_VALID_DEVID,
 };
 use kvm_ioctls::VmFd;
 use pci::MsixSink;
@@ -18,8 +20,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{Error, Result};
 
-/// IOAPIC pins of KVM's in-kernel IOAPIC.
-const IOAPIC_PINS: u32 = 24;
+/// GSIs below this are the irqchip's own (x86: IOAPIC pins; aarch64: SPIs).
+#[cfg(target_arch = "x86_64")]
+const IRQCHIP_GSIS: u32 = 24;
+/// GSIs below this are the irqchip's own (x86: IOAPIC pins; aarch64: SPIs).
+#[cfg(target_arch = "aarch64")]
+const IRQCHIP_GSIS: u32 = 32;
 /// Highest GSI handed out (KVM allows 4096 routes).
 const MAX_GSI: u32 = 4095;
 
@@ -31,7 +37,8 @@ pub struct MsiRouter {
 
 struct RouterState {
     next_gsi: u32,
-    msi: BTreeMap<u32, (u64, u32)>,
+    /// GSI -> (address, data, device ID).
+    msi: BTreeMap<u32, (u64, u32, Option<u32>)>,
 }
 
 fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
@@ -46,9 +53,11 @@ fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
 }
 
 /// KVM's default routes for the in-kernel PIC and IOAPIC.
+#[cfg(target_arch = "x86_64")]
 pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
+    use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
     let mut v = Vec::new();
-    for gsi in 0..IOAPIC_PINS {
+    for gsi in 0..IRQCHIP_GSIS {
         if gsi < 8 {
             v.push(irqchip_entry(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
         } else if gsi < 16 {
@@ -59,13 +68,19 @@ pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
     v
 }
 
+/// The vGIC's routes Caravel relies on: GSI n -> SPI n.
+#[cfg(target_arch = "aarch64")]
+pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
+    (0..IRQCHIP_GSIS).map(|gsi| irqchip_entry(gsi, 0, gsi)).collect()
+}
+
 impl MsiRouter {
     /// A router for `vm`, handing out GSIs from `first_gsi`.
     pub fn new(vm: Arc<VmFd>, first_gsi: u32) -> Self {
         Self {
             vm,
             state: Mutex::new(RouterState {
-                next_gsi: first_gsi.max(IOAPIC_PINS),
+                next_gsi: first_gsi.max(IRQCHIP_GSIS),
                 msi: BTreeMap::new(),
             }),
         }
@@ -81,11 +96,12 @@ impl MsiRouter {
         Ok(s.next_gsi - 1)
     }
 
-    /// Routes `gsi` to `message`, or removes its route.
-    pub fn set_route(&self, gsi: u32, message: Option<(u64, u32)>) {
+    /// Routes `gsi` to `message` from device `devid` (aarch64's ITS needs
+    /// it), or removes its route.
+    pub fn set_route(&self, gsi: u32, message: Option<(u64, u32)>, devid: Option<u32>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let changed = match message {
-            Some(m) => s.msi.insert(gsi, m) != Some(m),
+            Some((a, d)) => s.msi.insert(gsi, (a, d, devid)) != Some((a, d, devid)),
             None => s.msi.remove(&gsi).is_some(),
         };
         if changed {
@@ -97,7 +113,7 @@ impl MsiRouter {
 
     fn commit(&self, s: &RouterState) -> std::result::Result<(), String> {
         let mut entries = default_routes();
-        for (&gsi, &(addr, data)) in &s.msi {
+        for (&gsi, &(addr, data, devid)) in &s.msi {
             let mut e = kvm_irq_routing_entry {
                 gsi,
                 type_: KVM_IRQ_ROUTING_MSI,
@@ -106,6 +122,10 @@ impl MsiRouter {
             e.u.msi.address_lo = addr as u32;
             e.u.msi.address_hi = (addr >> 32) as u32;
             e.u.msi.data = data;
+            if let Some(id) = devid {
+                e.flags = KVM_MSI_VALID_DEVID;
+                e.u.msi.__bindgen_anon_1.devid = id;
+            }
             entries.push(e);
         }
         let table = KvmIrqRouting::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
@@ -117,11 +137,13 @@ impl MsiRouter {
 pub struct MsixVectors {
     router: Arc<MsiRouter>,
     vectors: Vec<(u32, EventFd)>,
+    devid: Option<u32>,
 }
 
 impl MsixVectors {
-    /// Allocates `count` vectors with irqfds registered on `vm`.
-    pub fn new(router: Arc<MsiRouter>, count: u16) -> Result<Self> {
+    /// Allocates `count` vectors with irqfds registered on `vm`, for the
+    /// device with requester ID `devid` (used where MSIs carry it).
+    pub fn new(router: Arc<MsiRouter>, count: u16, devid: Option<u32>) -> Result<Self> {
         let mut vectors = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let gsi = router.allocate_gsi()?;
@@ -132,7 +154,11 @@ impl MsixVectors {
                 .map_err(Error::kvm("KVM_IRQFD"))?;
             vectors.push((gsi, evt));
         }
-        Ok(Self { router, vectors })
+        Ok(Self {
+            router,
+            vectors,
+            devid,
+        })
     }
 }
 
@@ -147,7 +173,7 @@ impl MsixVectors {
 impl MsixSink for MsixVectors {
     fn update_route(&self, vector: u16, message: Option<(u64, u32)>) {
         if let Some((gsi, _)) = self.vectors.get(usize::from(vector)) {
-            self.router.set_route(*gsi, message);
+            self.router.set_route(*gsi, message, self.devid);
         }
     }
 
@@ -163,7 +189,7 @@ impl Drop for MsixVectors {
         for (gsi, evt) in &self.vectors {
             // Deassign the irqfd before its route goes (KVM wants that order).
             let _ = self.router.vm.unregister_irqfd(evt, *gsi);
-            self.router.set_route(*gsi, None);
+            self.router.set_route(*gsi, None, None);
         }
     }
 }
@@ -173,6 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn default_routes_match_kvms() {
         let r = default_routes();
         // 16 PIC + 24 IOAPIC entries.
@@ -184,7 +211,7 @@ mod tests {
             .iter()
             .map(|e| unsafe { e.u.irqchip.irqchip })
             .collect();
-        assert_eq!(chips, vec![KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_IOAPIC]);
+        assert_eq!(chips, vec![kvm_bindings::KVM_IRQCHIP_PIC_MASTER, kvm_bindings::KVM_IRQCHIP_IOAPIC]);
         let g20: Vec<_> = r.iter().filter(|e| e.gsi == 20).collect();
         assert_eq!(g20.len(), 1, "above 15 only the IOAPIC");
     }

@@ -16,12 +16,15 @@ pub mod interrupt;
 pub mod kvm_stats;
 pub mod memory;
 mod pci_segment;
+mod platform;
 mod vcpu;
 mod vfio_pci;
 mod vm;
 mod vmm;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 
 pub use error::Error;
 pub use exit::ExitReason;

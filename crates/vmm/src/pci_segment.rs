@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use arch::x86_64::layout::{self, MemoryLayout};
+use crate::platform::{self, MemoryLayout};
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use pci::aml::HostBridgeLayout;
@@ -175,20 +175,22 @@ impl PciSegment {
             Arc::new(Mutex::new(HostBridge::default())),
         );
         let layout = HostBridgeLayout {
-            ecam_base: layout::PCI_ECAM_START,
+            ecam_base: platform::PCI_ECAM_START,
             last_bus: 0,
-            mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
+            mmio32: platform::PCI_MMIO32,
             mmio64: mem_layout.pci_mmio64(),
         };
         let place = |e: devices::BusError| {
             Error::Memory(format!("cannot place PCI configuration access: {e}"))
         };
-        pio.insert(
-            Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
-            PCI_CONFIG_PORT,
-            8,
-        )
-        .map_err(place)?;
+        if platform::PCI_CONFIG_PORTS {
+            pio.insert(
+                Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+                PCI_CONFIG_PORT,
+                8,
+            )
+            .map_err(place)?;
+        }
         mmio.insert(
             Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
             layout.ecam_base,
@@ -237,7 +239,7 @@ impl PciSegment {
             .map_err(|e| Error::Memory(format!("no room for {name}'s BAR: {e:?}")))?;
         let bar_addr = range.start();
         let vectors = (device.queue_max_sizes().len() + 1) as u16;
-        let sink = Arc::new(MsixVectors::new(self.router.clone(), vectors)?);
+        let sink = Arc::new(MsixVectors::new(self.router.clone(), vectors, platform::msi_devid(devfn))?);
         let dev = VirtioPciDevice::new(name, device, mem, bar_addr, sink)
             .map_err(Error::io(format!("cannot create {name}")))?;
         let mut ioevents = Vec::new();
@@ -308,7 +310,7 @@ impl PciSegment {
         };
         let router = self.router.clone();
         let mut make_sink = |n: u16| -> Result<Arc<MsixVectors>> {
-            Ok(Arc::new(MsixVectors::new(router.clone(), n)?))
+            Ok(Arc::new(MsixVectors::new(router.clone(), n, platform::msi_devid(devfn))?))
         };
         let vdev = VfioPciDevice::new(name, dev, &mut alloc, &mut make_sink)?;
         let bars = vdev.bars();

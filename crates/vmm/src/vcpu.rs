@@ -90,7 +90,7 @@ pub fn stop_all(handles: Vec<VcpuHandle>) {
 }
 
 fn crash(ctx: &VcpuContext, vcpu: &VcpuFd, what: &str) {
-    let regs = crate::x86_64::describe_registers(vcpu);
+    let regs = crate::platform::describe_registers(vcpu);
     ctx.exit.set(ExitReason::Crash(format!(
         "vCPU {}: {what}\n{regs}",
         ctx.id

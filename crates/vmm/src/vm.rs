@@ -1,20 +1,16 @@
 //! One boot of a VM: create the KVM VM, guest memory, devices and vCPUs from a
 //! [`VmConfig`], then run the vCPU threads until something stops them.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arch::x86_64::{acpi, boot, e820, layout, regs};
-use devices::acpi_pm::AcpiPm;
-use devices::i8042::I8042;
 use devices::serial::{SerialDevice, SerialOutput};
 use devices::Bus;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{ConsoleConfig, Payload, VmConfig};
+use crate::config::{ConsoleConfig, VmConfig};
 use crate::console;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
@@ -22,8 +18,8 @@ use crate::hotplug::{DmaTargets, HotplugBackend};
 use crate::interrupt::MsiRouter;
 use crate::kvm_stats::KvmStats;
 use crate::pci_segment::PciSegment;
+use crate::platform::{self, MemoryLayout};
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
-use crate::x86_64::{self as kvm_x86, HostCpu};
 use crate::{memory, Error, Result};
 use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 
@@ -33,6 +29,9 @@ use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 /// unmapped, and Rust drops fields in declaration order.
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
+    /// What the architecture keeps (x86: host CPU facts; aarch64: the GIC).
+    #[allow(dead_code)]
+    arch_state: platform::Platform,
     kvm_stats: Arc<KvmStats>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
@@ -45,11 +44,6 @@ pub struct Vm {
     ram_size: u64,
     vm_fd: Arc<VmFd>,
     ram: memory::GuestRam,
-}
-
-fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<File> {
-    File::open(path)
-        .map_err(|e| Error::config(option, format!("cannot open {}: {e}", path.display())))
 }
 
 impl Vm {
@@ -65,7 +59,7 @@ impl Vm {
     ) -> Result<Self> {
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
-        let max = kvm.get_max_vcpus().min(254);
+        let max = platform::max_vcpus(&kvm);
         if nr_vcpus == 0 || usize::from(nr_vcpus) > max {
             return Err(Error::config(
                 "--cpus",
@@ -73,9 +67,12 @@ impl Vm {
             ));
         }
         let vm_fd = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
-        kvm_x86::setup_vm(&kvm, &vm_fd)?;
+        platform::setup_vm(&kvm, &vm_fd)?;
+        // vCPUs first: on aarch64 the GIC needs them before anything wires
+        // an interrupt to it. Their state is set once the payload is loaded.
+        let (vcpus, mut arch_state) = platform::create_vcpus(&kvm, &vm_fd, nr_vcpus)?;
 
-        let mem_layout = layout::MemoryLayout::new(cfg.memory.size);
+        let mem_layout = MemoryLayout::new(cfg.memory.size);
         let backing = match (cfg.memory.shared, cfg.memory.hugepages) {
             (_, true) => memory::Backing::HugeTlb,
             (true, false) => memory::Backing::Shared,
@@ -94,10 +91,10 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
 
-        // COM1: interrupt through an irqfd on GSI 4 of the in-kernel IOAPIC.
+        // The UART: its interrupt is an irqfd on the platform's serial GSI.
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
         vm_fd
-            .register_irqfd(&serial_irq, layout::COM1_IRQ)
+            .register_irqfd(&serial_irq, platform::SERIAL_GSI)
             .map_err(Error::kvm("KVM_IRQFD"))?;
         let serial_input_wanted =
             Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
@@ -106,28 +103,9 @@ impl Vm {
             serial_input_wanted.clone(),
             serial_out,
         )));
-        let insert = |bus: &Bus, dev, base: u16, len: u16, what: &str| {
-            bus.insert(dev, u64::from(base), u64::from(len))
-                .map_err(|e| Error::Memory(format!("cannot place {what}: {e}")))
-        };
-        insert(&pio, serial.clone(), layout::COM1_PORT, 8, "COM1")?;
-        insert(
-            &pio,
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            layout::I8042_DATA_PORT,
-            5,
-            "i8042",
-        )?;
-        let pm = AcpiPm::new(exit.clone(), acpi::S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
-        insert(
-            &pio,
-            Arc::new(Mutex::new(pm)),
-            layout::ACPI_PM_PORT,
-            layout::ACPI_PM_PORT_LEN,
-            "ACPI PM",
-        )?;
+        platform::legacy_devices(&pio, &mmio, serial.clone(), exit.clone())?;
 
-        let router = Arc::new(MsiRouter::new(vm_fd.clone(), layout::MSI_GSI_START));
+        let router = Arc::new(MsiRouter::new(vm_fd.clone(), platform::MSI_GSI_START));
         let mut pci = PciSegment::new(
             vm_fd.clone(),
             pio.clone(),
@@ -201,27 +179,7 @@ impl Vm {
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
         add_vfio_devices(cfg, &mut pci, memory, boot_ram_end, &dma_targets)?;
 
-        let acpi_cfg = acpi::AcpiConfig {
-            nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
-            dsdt_extra: pci::aml::dsdt(pci.layout()),
-            extra_tables: vec![pci::aml::mcfg(
-                pci.layout(),
-                acpi::OEM_ID,
-                acpi::OEM_TABLE_ID,
-            )],
-        };
-        let (mode, entry) = load_payload(cfg, memory, &mem_layout, &acpi_cfg)?;
-
-        let host = HostCpu::probe(&kvm)?;
-        let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
-        for id in 0..nr_vcpus {
-            let vcpu = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-            let boot = (id == 0).then_some((mode, entry));
-            kvm_x86::setup_vcpu(&vcpu, &host, id, nr_vcpus, boot)?;
-            vcpus.push(vcpu);
-        }
+        platform::boot(cfg, memory, &mem_layout, &pci, &vcpus, &mut arch_state)?;
         let kvm_stats = Arc::new(KvmStats::open(&vcpus).unwrap_or_else(|e| {
             log::warn!("no KVM statistics for vm.counters (KVM_GET_STATS_FD: {e})");
             KvmStats::default()
@@ -229,6 +187,7 @@ impl Vm {
 
         Ok(Self {
             vcpus,
+            arch_state,
             kvm_stats,
             vm_fd,
             ram,
@@ -403,77 +362,6 @@ fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMma
         )?;
     }
     Ok(())
-}
-
-/// Loads the kernel (or raw test code) and writes every boot structure.
-fn load_payload(
-    cfg: &VmConfig,
-    mem: &GuestMemoryMmap,
-    mem_layout: &layout::MemoryLayout,
-    acpi_cfg: &acpi::AcpiConfig,
-) -> Result<(regs::EntryMode, u64)> {
-    let acpi_tables = acpi::build(acpi_cfg).map_err(|e| Error::Memory(e.to_string()))?;
-    let too_small = |what: &str| {
-        Error::config(
-            "--memory",
-            format!(
-                "size={} is too small to hold the {what}",
-                arch::format_size(cfg.memory.size)
-            ),
-        )
-    };
-    acpi_tables
-        .write(mem)
-        .map_err(|_| too_small("ACPI tables"))?;
-
-    match &cfg.payload {
-        Payload::Raw(raw) => {
-            regs::write_boot_tables(mem, regs::EntryMode::Linux64)
-                .map_err(|_| too_small("page tables"))?;
-            for (addr, bytes) in &raw.segments {
-                mem.write_slice(bytes, GuestAddress(*addr))
-                    .map_err(|_| too_small("test code"))?;
-            }
-            Ok((regs::EntryMode::Linux64, raw.entry))
-        }
-        Payload::Linux(linux) => {
-            let mut kernel_file = open_payload_file(&linux.kernel, "--kernel")?;
-            let kernel = boot::load_kernel(mem, &mut kernel_file).map_err(|e| match e {
-                boot::BootError::KernelTooBig(m) => Error::config(
-                    "--memory",
-                    format!("the kernel does not fit ({m}); give the guest more memory"),
-                ),
-                e => Error::config("--kernel", format!("{}: {e}", linux.kernel.display())),
-            })?;
-            let initramfs = match &linux.initramfs {
-                Some(path) => {
-                    let mut f = open_payload_file(path, "--initramfs")?;
-                    Some(
-                        boot::load_initramfs(mem, mem_layout, &kernel, &mut f)
-                            .map_err(|e| Error::config("--initramfs", e.to_string()))?,
-                    )
-                }
-                None => None,
-            };
-            boot::write_cmdline(mem, &linux.cmdline, kernel.cmdline_max())
-                .map_err(|e| Error::config("--cmdline", e.to_string()))?;
-            regs::write_boot_tables(mem, kernel.mode).map_err(|_| too_small("page tables"))?;
-            let map = e820::build(mem_layout);
-            let info = boot::BootInfo {
-                kernel: &kernel,
-                cmdline_len: linux.cmdline.len(),
-                initramfs,
-                e820: &map,
-                rsdp: acpi_tables.rsdp_addr(),
-            };
-            match kernel.mode {
-                regs::EntryMode::Pvh => boot::write_pvh_start_info(mem, &info),
-                regs::EntryMode::Linux64 => boot::write_zero_page(mem, &info),
-            }
-            .map_err(|e| Error::Memory(e.to_string()))?;
-            Ok((kernel.mode, kernel.entry))
-        }
-    }
 }
 
 /// A VM whose vCPUs are running.

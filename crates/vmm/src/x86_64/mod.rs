@@ -17,6 +17,8 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 use crate::{Error, Result};
 
+pub mod platform;
+
 /// Host facts read once per VM.
 pub struct HostCpu {
     supported_cpuid: CpuId,
