@@ -6,6 +6,8 @@ source "$(dirname "$0")/lib.sh"
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing: apt-get install busybox-static"
 file -L "$BUSYBOX" | grep -q 'statically linked' || die "$BUSYBOX is not static: apt-get install busybox-static"
+# A foreign busybox (arm64) lists its applets under qemu-user.
+applets() { "$BUSYBOX" --list 2>/dev/null || qemu-aarch64 "$BUSYBOX" --list; }
 KEY=$(hash_of "$RIG_DIR/guest/init.sh" "$0" "$BUSYBOX" "$@")
 OUT=$CACHE/initrd-$KEY.cpio.gz
 if [ -f "$OUT" ]; then echo "$OUT"; exit 0; fi
@@ -13,7 +15,7 @@ ROOT=$(mktemp -d)
 trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp}
 cp "$BUSYBOX" "$ROOT/bin/busybox"
-for applet in $("$BUSYBOX" --list); do [ "$applet" = busybox ] || ln -s busybox "$ROOT/bin/$applet"; done
+for applet in $(applets); do [ "$applet" = busybox ] || ln -s busybox "$ROOT/bin/$applet"; done
 cp "$RIG_DIR/guest/init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 for extra in "$@"; do cp "$extra" "$ROOT/bin/"; done
 # Without /dev/console the output of /init is lost (devtmpfs is not mounted yet).

@@ -2,6 +2,7 @@
 # Builds the tiny test guest kernel from Debian's linux-source-6.1 and the
 # fragment in guest/, caching the result by content hash.
 # Usage: build-kernel.sh [x86_64]   -> prints the directory holding vmlinux and bzImage
+#        build-kernel.sh aarch64    -> prints the directory holding Image (cross-built)
 source "$(dirname "$0")/lib.sh"
 ARCH_NAME=${1:-x86_64}
 FRAG=$RIG_DIR/guest/$ARCH_NAME.fragment
@@ -11,7 +12,14 @@ FRAG=$RIG_DIR/guest/$ARCH_NAME.fragment
 RECIPE=1
 KEY=$(hash_of "$FRAG" <(echo "$RECIPE") <(ls -l "$LINUX_SRC_TARBALL"))
 OUT=$CACHE/kernel-$ARCH_NAME-$KEY
-if [ -f "$OUT/vmlinux" ] && [ -f "$OUT/bzImage" ]; then echo "$OUT"; exit 0; fi
+case $ARCH_NAME in
+  x86_64) MAKE_ARCH=(ARCH=x86_64); TARGET=bzImage; PRODUCTS=(vmlinux arch/x86/boot/bzImage) ;;
+  aarch64) MAKE_ARCH=(ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-); TARGET=Image; PRODUCTS=(arch/arm64/boot/Image)
+           command -v aarch64-linux-gnu-gcc >/dev/null || die "aarch64-linux-gnu-gcc missing: apt-get install gcc-aarch64-linux-gnu" ;;
+  *) die "unknown architecture $ARCH_NAME" ;;
+esac
+done=1; for p in "${PRODUCTS[@]}"; do [ -f "$OUT/$(basename "$p")" ] || done=0; done
+if [ $done = 1 ]; then echo "$OUT"; exit 0; fi
 
 WORK=$CACHE/kbuild-$ARCH_NAME
 mkdir -p "$WORK"
@@ -20,19 +28,21 @@ if [ ! -d "$WORK/linux-source-6.1" ]; then
   tar -C "$WORK" -xJf "$LINUX_SRC_TARBALL"
 fi
 cd "$WORK/linux-source-6.1"
-export ARCH=x86_64   # without it x86 tinyconfig is an i386 kernel
-make -s tinyconfig >/dev/null 2>&1
+# ARCH=x86_64 matters: without it x86 tinyconfig is an i386 kernel.
+make -s "${MAKE_ARCH[@]}" tinyconfig >/dev/null 2>&1
 grep -E '^CONFIG_[A-Z0-9_]+=[yn]$' "$FRAG" | while IFS== read -r sym val; do
   if [ "$val" = y ]; then scripts/config -e "${sym#CONFIG_}"; else scripts/config -d "${sym#CONFIG_}"; fi
 done
-make -s olddefconfig >/dev/null 2>&1
+make -s "${MAKE_ARCH[@]}" olddefconfig >/dev/null 2>&1
 # olddefconfig silently drops options whose dependencies are unmet: check each.
 missing=$(grep -E '^CONFIG_[A-Z0-9_]+=y$' "$FRAG" | while read -r line; do grep -qx "$line" .config || echo "$line"; done)
 [ -z "$missing" ] || die "options that did not stick: $missing"
-log "building the guest kernel ($(nproc) jobs, about 2.5 minutes on 2 cores)"
-make -s -j"$(nproc)" bzImage >/dev/null
-readelf -n vmlinux | grep -q 'Unknown note type: (0x00000012)' || die "vmlinux has no PVH entry note"
+log "building the $ARCH_NAME guest kernel ($(nproc) jobs, about 2.5 minutes on 2 cores)"
+make -s -j"$(nproc)" "${MAKE_ARCH[@]}" $TARGET >/dev/null
+if [ $ARCH_NAME = x86_64 ]; then
+  readelf -n vmlinux | grep -q 'Unknown note type: (0x00000012)' || die "vmlinux has no PVH entry note"
+fi
 mkdir -p "$OUT.tmp"
-cp vmlinux arch/x86/boot/bzImage .config "$OUT.tmp/"
+cp "${PRODUCTS[@]}" .config "$OUT.tmp/"
 rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
 echo "$OUT"

@@ -11,5 +11,8 @@ pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 
+/// Longest kernel command line (x86 and arm64 `COMMAND_LINE_SIZE`), NUL included.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+
 mod size;
 pub use size::{format_size, parse_size, SizeError};

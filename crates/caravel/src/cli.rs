@@ -350,13 +350,13 @@ impl Args {
             .cmdline
             .clone()
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if cmdline.len() >= arch::x86_64::layout::CMDLINE_MAX_SIZE {
+        if cmdline.len() >= arch::CMDLINE_MAX_SIZE {
             return Err(OptionError::new(
                 "--cmdline",
                 format!(
                     "{} bytes is too long (at most {})",
                     cmdline.len(),
-                    arch::x86_64::layout::CMDLINE_MAX_SIZE - 1
+                    arch::CMDLINE_MAX_SIZE - 1
                 ),
             ));
         }

@@ -3,10 +3,12 @@
 //!
 //! Usage: `caravel-rig [--bin DIR] [--guest DIR] [--prefix STR] [--list] [SCENARIO...]`
 //! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`),
-//! or `caravel-rig --vfio [SCENARIO...]` (see `vfio_scenarios.rs`).
+//! or `caravel-rig --vfio [SCENARIO...]` (see `vfio_scenarios.rs`),
+//! or `caravel-rig --arm64 [SCENARIO...]` (see `arm64_scenarios.rs`).
 //! (default: every scenario). Binaries are taken from `--bin` (default
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
+mod arm64_scenarios;
 mod bench;
 mod control;
 mod mem_bench;
@@ -63,6 +65,7 @@ fn main() {
     let mut bench_blk = None;
     let mut bench_mem = false;
     let mut vfio = false;
+    let mut arm64 = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -75,6 +78,7 @@ fn main() {
             }
             "--bench-mem" => bench_mem = true,
             "--vfio" => vfio = true,
+            "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
                 for s in scenarios::ALL {
@@ -111,6 +115,8 @@ fn main() {
     }
     let all = if vfio {
         vfio_scenarios::ALL
+    } else if arm64 {
+        arm64_scenarios::ALL
     } else {
         scenarios::ALL
     };

@@ -13,6 +13,8 @@
 //!
 //! Guest code is assembly (general-purpose registers only, see `guest-asm`).
 
+#![cfg(target_arch = "x86_64")]
+
 pub mod cases;
 pub mod check;
 pub mod glob;

@@ -1,6 +1,8 @@
 //! The command line and the case runner: listing, filtering, exit codes, and
 //! how a case process that crashes, hangs or says nothing is reported.
 
+#![cfg(target_arch = "x86_64")]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;

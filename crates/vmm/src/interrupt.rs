@@ -71,7 +71,9 @@ pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
 /// The vGIC's routes Caravel relies on: GSI n -> SPI n.
 #[cfg(target_arch = "aarch64")]
 pub fn default_routes() -> Vec<kvm_irq_routing_entry> {
-    (0..IRQCHIP_GSIS).map(|gsi| irqchip_entry(gsi, 0, gsi)).collect()
+    (0..IRQCHIP_GSIS)
+        .map(|gsi| irqchip_entry(gsi, 0, gsi))
+        .collect()
 }
 
 impl MsiRouter {
@@ -199,6 +201,18 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_arch = "aarch64")]
+    fn default_routes_are_the_spis() {
+        let r = default_routes();
+        assert_eq!(r.len(), 32);
+        for (i, e) in r.iter().enumerate() {
+            // SAFETY: these entries were built as irqchip routes above.
+            let (chip, pin) = unsafe { (e.u.irqchip.irqchip, e.u.irqchip.pin) };
+            assert_eq!((e.gsi, chip, pin), (i as u32, 0, i as u32));
+        }
+    }
+
+    #[test]
     #[cfg(target_arch = "x86_64")]
     fn default_routes_match_kvms() {
         let r = default_routes();
@@ -211,7 +225,13 @@ mod tests {
             .iter()
             .map(|e| unsafe { e.u.irqchip.irqchip })
             .collect();
-        assert_eq!(chips, vec![kvm_bindings::KVM_IRQCHIP_PIC_MASTER, kvm_bindings::KVM_IRQCHIP_IOAPIC]);
+        assert_eq!(
+            chips,
+            vec![
+                kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+                kvm_bindings::KVM_IRQCHIP_IOAPIC
+            ]
+        );
         let g20: Vec<_> = r.iter().filter(|e| e.gsi == 20).collect();
         assert_eq!(g20.len(), 1, "above 15 only the IOAPIC");
     }

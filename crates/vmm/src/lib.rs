@@ -5,6 +5,8 @@
 //! * [`Vmm`]: the lifecycle around it: event loop, console, control API,
 //!   guest reboots (a fresh [`Vm`] per boot), exit reasons.
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod api_server;
 pub mod config;
 pub mod console;
@@ -23,8 +25,6 @@ mod vm;
 mod vmm;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
-#[cfg(target_arch = "aarch64")]
-mod aarch64;
 
 pub use error::Error;
 pub use exit::ExitReason;

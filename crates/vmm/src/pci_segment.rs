@@ -239,7 +239,11 @@ impl PciSegment {
             .map_err(|e| Error::Memory(format!("no room for {name}'s BAR: {e:?}")))?;
         let bar_addr = range.start();
         let vectors = (device.queue_max_sizes().len() + 1) as u16;
-        let sink = Arc::new(MsixVectors::new(self.router.clone(), vectors, platform::msi_devid(devfn))?);
+        let sink = Arc::new(MsixVectors::new(
+            self.router.clone(),
+            vectors,
+            platform::msi_devid(devfn),
+        )?);
         let dev = VirtioPciDevice::new(name, device, mem, bar_addr, sink)
             .map_err(Error::io(format!("cannot create {name}")))?;
         let mut ioevents = Vec::new();
@@ -310,7 +314,11 @@ impl PciSegment {
         };
         let router = self.router.clone();
         let mut make_sink = |n: u16| -> Result<Arc<MsixVectors>> {
-            Ok(Arc::new(MsixVectors::new(router.clone(), n, platform::msi_devid(devfn))?))
+            Ok(Arc::new(MsixVectors::new(
+                router.clone(),
+                n,
+                platform::msi_devid(devfn),
+            )?))
         };
         let vdev = VfioPciDevice::new(name, dev, &mut alloc, &mut make_sink)?;
         let bars = vdev.bars();

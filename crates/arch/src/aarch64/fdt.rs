@@ -13,6 +13,7 @@ const PHANDLE_CLOCK: u32 = 3;
 // GIC interrupt specifier: type, number, flags.
 const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
+const IRQ_TYPE_EDGE_RISING: u32 = 1;
 const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 const IRQ_TYPE_LEVEL_LOW: u32 = 8;
 /// The architected timer's PPIs: secure, non-secure, virtual, hypervisor.
@@ -134,7 +135,9 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     fdt.property_string("compatible", "ns16550a")?;
     reg(&mut fdt, &[(UART_START, UART_SIZE)])?;
     fdt.property_u32("clock-frequency", 1_843_200)?;
-    fdt.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_TYPE_LEVEL_HIGH])?;
+    // Edge: the UART's irqfd injects a pulse, which a level-sensitive SPI
+    // would see as an interrupt storm with nothing pending.
+    fdt.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_TYPE_EDGE_RISING])?;
     fdt.end_node(uart)?;
 
     let (m64, m64_size) = cfg.layout.pci_mmio64();
@@ -168,7 +171,6 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     fdt.property_array_u32("ranges", &ranges)?;
     // Every requester ID is its own ITS device ID.
     fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
-    fdt.property_u32("msi-parent", PHANDLE_ITS)?;
     fdt.end_node(pci)?;
 
     fdt.end_node(root)?;

@@ -61,6 +61,7 @@ const _: () = assert!(GIC_DIST_START + GIC_DIST_SIZE <= GIC_ITS_START);
 const _: () = assert!(GIC_ITS_START + GIC_ITS_SIZE <= GIC_REDIST_START);
 const _: () = assert!(UART_START + UART_SIZE <= PCI_MMIO32_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= RAM_START);
+const _: () = assert!(MAX_VCPUS >= 8);
 
 /// Where guest RAM lives: one range from [`RAM_START`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,6 @@ mod tests {
         assert!(l.hotplug_start() >= m64 + s64);
         assert!(MemoryLayout::fits_ipa(l.hotplug_start(), 8 << 30));
         assert!(!MemoryLayout::fits_ipa(IPA_LIMIT - 4096, 8192));
-        assert!(MAX_VCPUS >= 8);
+
     }
 }

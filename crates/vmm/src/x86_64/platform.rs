@@ -59,15 +59,30 @@ fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<Fil
 }
 
 /// Puts COM1, the i8042 (reset) and the ACPI PM block on the port bus.
-pub fn legacy_devices(pio: &Bus, _mmio: &Bus, serial: Arc<Mutex<SerialDevice>>, exit: Arc<ExitSignal>) -> Result<()> {
+pub fn legacy_devices(
+    pio: &Bus,
+    _mmio: &Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: Arc<ExitSignal>,
+) -> Result<()> {
     let insert = |dev, base: u16, len: u16, what: &str| {
         pio.insert(dev, u64::from(base), u64::from(len))
             .map_err(|e| Error::Memory(format!("cannot place {what}: {e}")))
     };
     insert(serial, layout::COM1_PORT, 8, "COM1")?;
-    insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), layout::I8042_DATA_PORT, 5, "i8042")?;
+    insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        layout::I8042_DATA_PORT,
+        5,
+        "i8042",
+    )?;
     let pm = AcpiPm::new(exit, acpi::S5_SLEEP_TYPE, layout::ACPI_RESET_VALUE);
-    insert(Arc::new(Mutex::new(pm)), layout::ACPI_PM_PORT, layout::ACPI_PM_PORT_LEN, "ACPI PM")?;
+    insert(
+        Arc::new(Mutex::new(pm)),
+        layout::ACPI_PM_PORT,
+        layout::ACPI_PM_PORT_LEN,
+        "ACPI PM",
+    )?;
     Ok(())
 }
 
@@ -75,7 +90,10 @@ pub fn legacy_devices(pio: &Bus, _mmio: &Bus, serial: Arc<Mutex<SerialDevice>>, 
 pub fn create_vcpus(kvm: &Kvm, vm: &VmFd, nr: u8) -> Result<(Vec<VcpuFd>, Platform)> {
     let host = HostCpu::probe(kvm)?;
     let vcpus = (0..nr)
-        .map(|id| vm.create_vcpu(u64::from(id)).map_err(Error::kvm("KVM_CREATE_VCPU")))
+        .map(|id| {
+            vm.create_vcpu(u64::from(id))
+                .map_err(Error::kvm("KVM_CREATE_VCPU"))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((vcpus, Platform { host }))
 }
@@ -92,7 +110,11 @@ pub fn boot(
     let acpi_cfg = acpi::AcpiConfig {
         nr_vcpus: u32::from(cfg.cpus.boot_vcpus),
         dsdt_extra: pci::aml::dsdt(pci.layout()),
-        extra_tables: vec![pci::aml::mcfg(pci.layout(), acpi::OEM_ID, acpi::OEM_TABLE_ID)],
+        extra_tables: vec![pci::aml::mcfg(
+            pci.layout(),
+            acpi::OEM_ID,
+            acpi::OEM_TABLE_ID,
+        )],
     };
     let (mode, entry) = load_payload(cfg, mem, mem_layout, &acpi_cfg)?;
     let nr = vcpus.len() as u8;
@@ -173,4 +195,3 @@ fn load_payload(
         }
     }
 }
-

@@ -1,0 +1,298 @@
+//! The aarch64 side of building a VM.
+//!
+//! * vCPUs: `KVM_ARM_PREFERRED_TARGET` + PSCI 0.2; all but the first start
+//!   powered off, and the guest starts them with PSCI `CPU_ON` (handled in
+//!   KVM). PSCI `SYSTEM_OFF`/`SYSTEM_RESET` reach Caravel as
+//!   `KVM_EXIT_SYSTEM_EVENT`.
+//! * Interrupts: the in-kernel GICv3 (distributor, one redistributor per
+//!   vCPU) and its ITS; PCI MSIs carry the requester ID as ITS device ID.
+//! * The UART is a 16550 on MMIO (SPI 1); there are no port-I/O devices.
+//! * Boot: an arm64 `Image` at the start of RAM, the initramfs below the
+//!   device tree, which sits in the last 2 MiB of RAM; x0 = its address.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use arch::aarch64::fdt::{self, FdtConfig};
+use arch::aarch64::layout::{self, align_up};
+use arch::aarch64::regs;
+use devices::serial::SerialDevice;
+use devices::Bus;
+use its::kvm::{DeviceAttrs, KvmIts};
+use kvm_bindings::{
+    kvm_create_device, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+};
+use kvm_ioctls::{Cap, DeviceFd, Kvm, VcpuFd, VmFd};
+use linux_loader::loader::KernelLoader;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::config::{Payload, VmConfig};
+use crate::exit::ExitSignal;
+use crate::pci_segment::PciSegment;
+use crate::{Error, Result};
+
+pub use arch::aarch64::layout::MemoryLayout;
+
+/// First GSI for MSI routes (0..32 are SPIs).
+pub const MSI_GSI_START: u32 = layout::MSI_GSI_START;
+/// The UART's GSI (= its SPI).
+pub const SERIAL_GSI: u32 = layout::UART_SPI;
+/// PCI ECAM base.
+pub const PCI_ECAM_START: u64 = layout::PCI_ECAM_START;
+/// 32-bit PCI MMIO window.
+pub const PCI_MMIO32: (u64, u64) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
+/// No port I/O on arm64.
+pub const PCI_CONFIG_PORTS: bool = false;
+/// `KVM_DEV_TYPE_ARM_VGIC_V3`
+const DEV_TYPE_VGIC_V3: u32 = 7;
+/// Interrupts the distributor handles: SGIs, PPIs and 96 SPIs.
+const GIC_NR_IRQS: u64 = 128;
+
+/// The device ID an MSI carries through the ITS: the requester ID (bus 0).
+pub fn msi_devid(devfn: pci::DevFn) -> Option<u32> {
+    Some(u32::from(devfn.0))
+}
+
+/// The GIC and ITS, kept for the VM's life (and for ITS save/restore,
+/// which is not wired to the API yet).
+#[allow(dead_code)]
+pub struct Platform {
+    /// The GICv3 device.
+    pub gic: DeviceFd,
+    /// The ITS.
+    pub its: KvmIts<DeviceFd>,
+}
+
+/// Most vCPUs: as many redistributors as fit before the UART.
+pub fn max_vcpus(kvm: &Kvm) -> usize {
+    kvm.get_max_vcpus().min(layout::MAX_VCPUS as usize)
+}
+
+/// Checks what Caravel needs; nothing to create before the vCPUs.
+pub fn setup_vm(kvm: &Kvm, _vm: &VmFd) -> Result<()> {
+    for (cap, name) in [
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        (Cap::ArmPsci02, "KVM_CAP_ARM_PSCI_0_2"),
+        (Cap::OneReg, "KVM_CAP_ONE_REG"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::MissingCapability(name));
+        }
+    }
+    Ok(())
+}
+
+/// Puts the UART on the MMIO bus.
+pub fn legacy_devices(
+    _pio: &Bus,
+    mmio: &Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    _exit: Arc<ExitSignal>,
+) -> Result<()> {
+    mmio.insert(serial, layout::UART_START, layout::UART_SIZE)
+        .map_err(|e| Error::Memory(format!("cannot place the UART: {e}")))
+}
+
+fn gic_set(dev: &DeviceFd, group: u32, attr: u64, value: Option<u64>, what: &str) -> Result<()> {
+    dev.set(group, attr, value).map_err(|errno| Error::Io {
+        what: format!("GICv3 {what}"),
+        source: std::io::Error::from_raw_os_error(errno),
+    })
+}
+
+/// Creates and initialises the vCPUs, then the GICv3 and its ITS (the GIC
+/// needs every vCPU to exist before it is initialised).
+pub fn create_vcpus(_kvm: &Kvm, vm: &VmFd, nr: u8) -> Result<(Vec<VcpuFd>, Platform)> {
+    let mut kvi = kvm_vcpu_init::default();
+    vm.get_preferred_target(&mut kvi)
+        .map_err(Error::kvm("KVM_ARM_PREFERRED_TARGET"))?;
+    kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+    let mut vcpus = Vec::with_capacity(usize::from(nr));
+    for id in 0..nr {
+        let vcpu = vm
+            .create_vcpu(u64::from(id))
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let mut k = kvi;
+        if id > 0 {
+            k.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+        }
+        vcpu.vcpu_init(&k)
+            .map_err(Error::kvm("KVM_ARM_VCPU_INIT"))?;
+        vcpus.push(vcpu);
+    }
+    let mut dev = kvm_create_device {
+        type_: DEV_TYPE_VGIC_V3,
+        fd: 0,
+        flags: 0,
+    };
+    let gic = vm
+        .create_device(&mut dev)
+        .map_err(Error::kvm("KVM_CREATE_DEVICE(VGIC_V3)"))?;
+    gic_set(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_ADDR,
+        u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST),
+        Some(layout::GIC_DIST_START),
+        "distributor address",
+    )?;
+    gic_set(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_ADDR,
+        u64::from(KVM_VGIC_V3_ADDR_TYPE_REDIST),
+        Some(layout::GIC_REDIST_START),
+        "redistributor address",
+    )?;
+    gic_set(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+        0,
+        Some(GIC_NR_IRQS),
+        "number of interrupts",
+    )?;
+    let mut its_dev = kvm_create_device {
+        type_: its::kvm::DEV_TYPE_ITS,
+        fd: 0,
+        flags: 0,
+    };
+    let its_fd = vm
+        .create_device(&mut its_dev)
+        .map_err(Error::kvm("KVM_CREATE_DEVICE(VGIC_ITS)"))?;
+    let its = KvmIts::init(its_fd, layout::GIC_ITS_START).map_err(|e| Error::Io {
+        what: "the ITS".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    gic_set(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_CTRL,
+        u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
+        None,
+        "initialisation",
+    )?;
+    Ok((vcpus, Platform { gic, its }))
+}
+
+fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<File> {
+    File::open(path)
+        .map_err(|e| Error::config(option, format!("cannot open {}: {e}", path.display())))
+}
+
+fn too_small(cfg: &VmConfig, what: &str) -> Error {
+    Error::config(
+        "--memory",
+        format!(
+            "size={} is too small to hold the {what}",
+            arch::format_size(cfg.memory.size)
+        ),
+    )
+}
+
+/// Loads the payload, writes the device tree and sets the boot vCPU up.
+pub fn boot(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mem_layout: &MemoryLayout,
+    pci: &PciSegment,
+    vcpus: &[VcpuFd],
+    _platform: &mut Platform,
+) -> Result<()> {
+    let fdt_addr = mem_layout.fdt_start();
+    let (entry, cmdline, initrd) = match &cfg.payload {
+        Payload::Raw(raw) => {
+            for (addr, bytes) in &raw.segments {
+                mem.write_slice(bytes, GuestAddress(*addr))
+                    .map_err(|_| too_small(cfg, "test code"))?;
+            }
+            (raw.entry, String::new(), None)
+        }
+        Payload::Linux(linux) => {
+            let mut kernel = open_payload_file(&linux.kernel, "--kernel")?;
+            let loaded = linux_loader::loader::pe::PE::load(
+                mem,
+                Some(GuestAddress(layout::KERNEL_START)),
+                &mut kernel,
+                None,
+            )
+            .map_err(|e| {
+                Error::config(
+                    "--kernel",
+                    format!("{}: not an arm64 Image: {e}", linux.kernel.display()),
+                )
+            })?;
+            let kernel_end = loaded.kernel_end;
+            let initrd = match &linux.initramfs {
+                Some(path) => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        Error::config(
+                            "--initramfs",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    let size = bytes.len() as u64;
+                    let start = fdt_addr
+                        .checked_sub(align_up(size, 0x1000))
+                        .map(|s| s & !0xfff);
+                    let start = start
+                        .filter(|&s| s >= align_up(kernel_end, 0x20_0000))
+                        .ok_or_else(|| too_small(cfg, "kernel, initramfs and device tree"))?;
+                    mem.write_slice(&bytes, GuestAddress(start))
+                        .map_err(|_| too_small(cfg, "initramfs"))?;
+                    Some((start, size))
+                }
+                None => None,
+            };
+            if fdt_addr < kernel_end {
+                return Err(too_small(cfg, "kernel and device tree"));
+            }
+            (loaded.kernel_load.0, linux.cmdline.clone(), initrd)
+        }
+    };
+    let mut mpidrs = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        let mut b = [0u8; 8];
+        v.get_one_reg(regs::MPIDR_EL1, &mut b)
+            .map_err(Error::kvm("KVM_GET_ONE_REG(MPIDR_EL1)"))?;
+        mpidrs.push(u64::from_le_bytes(b));
+    }
+    let dtb = fdt::build(&FdtConfig {
+        mpidrs,
+        layout: *mem_layout,
+        cmdline,
+        initrd,
+        pci_last_bus: pci.layout().last_bus,
+    })
+    .map_err(|e| Error::Memory(format!("device tree: {e}")))?;
+    mem.write_slice(&dtb, GuestAddress(fdt_addr))
+        .map_err(|_| too_small(cfg, "device tree"))?;
+    let boot = vcpus
+        .first()
+        .ok_or_else(|| Error::config("--cpus", "at least one vCPU"))?;
+    for (id, value) in regs::boot_regs(entry, fdt_addr) {
+        boot.set_one_reg(id, &value.to_le_bytes())
+            .map_err(Error::kvm("KVM_SET_ONE_REG"))?;
+    }
+    Ok(())
+}
+
+/// A register dump for crash reports.
+pub fn describe_registers(vcpu: &VcpuFd) -> String {
+    let get = |id: u64| {
+        let mut b = [0u8; 8];
+        vcpu.get_one_reg(id, &mut b)
+            .map(|_| u64::from_le_bytes(b))
+            .ok()
+    };
+    let show = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{v:#018x}"));
+    format!(
+        "  pc={} pstate={}\n  x0={} x1={} x2={} x3={}\n",
+        show(get(regs::PC)),
+        show(get(regs::PSTATE)),
+        show(get(regs::x(0))),
+        show(get(regs::x(1))),
+        show(get(regs::x(2))),
+        show(get(regs::x(3))),
+    )
+}
