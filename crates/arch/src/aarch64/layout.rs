@@ -133,6 +133,5 @@ mod tests {
         assert!(l.hotplug_start() >= m64 + s64);
         assert!(MemoryLayout::fits_ipa(l.hotplug_start(), 8 << 30));
         assert!(!MemoryLayout::fits_ipa(IPA_LIMIT - 4096, 8192));
-
     }
 }
