@@ -26,6 +26,8 @@ mod vmm;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::platform::{ItsState, RedistState, MAX_LPI};
 pub use error::Error;
 pub use exit::ExitReason;
 pub use vm::{RunningVm, Vm};

@@ -30,7 +30,7 @@ use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
     /// What the architecture keeps (x86: host CPU facts; aarch64: the GIC).
-    #[allow(dead_code)]
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     arch_state: platform::Platform,
     kvm_stats: Arc<KvmStats>,
     pio: Arc<Bus>,
@@ -281,6 +281,21 @@ impl Vm {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+impl Vm {
+    /// Saves the ITS of a paused VM ([`RunningVm::pause`]): tables and
+    /// pending LPIs into guest memory, registers returned.
+    pub fn its_save(&self) -> Result<platform::ItsState> {
+        self.arch_state.save_its()
+    }
+
+    /// Restores a saved ITS into this VM (built with the same configuration
+    /// and holding the snapshot's guest memory), before it starts.
+    pub fn its_restore(&self, st: &platform::ItsState) -> Result<()> {
+        self.arch_state.restore_its(st, &self.ram.memory)
+    }
+}
+
 /// Creates the configured virtio devices on `pci`.
 /// Opens each `--device` (refusing a missing or wrong VF token before the
 /// guest starts), passes it through, and maps boot RAM (below
@@ -412,6 +427,14 @@ impl RunningVm {
         self.stop.store(true, Ordering::Release);
         vcpu::stop_all(self.handles);
         self.vm.exit.get().unwrap_or(ExitReason::Shutdown)
+    }
+
+    /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state)
+    /// for a snapshot or inspection. It cannot be started again.
+    pub fn pause(self) -> Vm {
+        self.stop.store(true, Ordering::Release);
+        vcpu::stop_all(self.handles);
+        self.vm
     }
 
     /// Blocks until the VM wants to stop, then stops it (tests use this).

@@ -55,14 +55,131 @@ pub fn msi_devid(devfn: pci::DevFn) -> Option<u32> {
     Some(u32::from(devfn.0))
 }
 
-/// The GIC and ITS, kept for the VM's life (and for ITS save/restore,
-/// which is not wired to the API yet).
-#[allow(dead_code)]
+/// The GIC and ITS, kept for the VM's life and for ITS save/restore.
 pub struct Platform {
     /// The GICv3 device.
     pub gic: DeviceFd,
     /// The ITS.
     pub its: KvmIts<DeviceFd>,
+    /// Each vCPU's MPIDR_EL1 (read at boot).
+    pub mpidrs: Vec<u64>,
+}
+
+/// `KVM_DEV_ARM_VGIC_GRP_REDIST_REGS`
+const GRP_REDIST_REGS: u32 = 5;
+const GICR_CTLR: u64 = 0x0;
+const GICR_PROPBASER: u64 = 0x70;
+const GICR_PENDBASER: u64 = 0x78;
+
+/// One redistributor's LPI registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedistState {
+    /// MPIDR affinity of its vCPU.
+    pub mpidr: u64,
+    /// GICR_PROPBASER
+    pub propbaser: u64,
+    /// GICR_PENDBASER
+    pub pendbaser: u64,
+    /// GICR_CTLR (EnableLPIs is bit 0)
+    pub ctlr: u32,
+}
+
+/// The ITS and redistributor state a snapshot carries besides guest memory
+/// (the device, collection and ITT tables and the pending tables are in
+/// guest memory, written by the save).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItsState {
+    /// The ITS registers.
+    pub regs: its::ItsRegs,
+    /// Per vCPU.
+    pub redist: Vec<RedistState>,
+}
+
+/// LPI INTIDs KVM's vGIC supports: 16 ID bits.
+pub const MAX_LPI: u32 = 1 << 16;
+
+fn its_err(what: &str) -> impl FnOnce(its::kvm::KvmItsError) -> Error + '_ {
+    move |e| Error::Io {
+        what: format!("ITS {what}"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Platform {
+    /// A redistributor register: `attr` = MPIDR affinity << 32 | offset;
+    /// KVM moves 32 bits at a time, so 64-bit registers take two accesses.
+    fn redist_attr(mpidr: u64, offset: u64) -> u64 {
+        ((mpidr & 0xff_00ff_ffff & 0xffff_ffff) << 32) | offset
+    }
+
+    fn redist_get64(&self, mpidr: u64, offset: u64) -> Result<u64> {
+        let lo = self.redist_get32(mpidr, offset)?;
+        let hi = self.redist_get32(mpidr, offset + 4)?;
+        Ok(u64::from(lo) | (u64::from(hi) << 32))
+    }
+
+    fn redist_get32(&self, mpidr: u64, offset: u64) -> Result<u32> {
+        self.gic
+            .get(GRP_REDIST_REGS, Self::redist_attr(mpidr, offset))
+            .map(|v| v as u32)
+            .map_err(|errno| Error::Io {
+                what: format!("reading GICR register {offset:#x}"),
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+    }
+
+    fn redist_set32(&self, mpidr: u64, offset: u64, v: u32) -> Result<()> {
+        gic_set(
+            &self.gic,
+            GRP_REDIST_REGS,
+            Self::redist_attr(mpidr, offset),
+            Some(u64::from(v)),
+            "redistributor register",
+        )
+    }
+
+    /// Saves the ITS (vCPUs stopped): KVM flushes the pending LPIs into the
+    /// pending tables and writes the ITS tables into guest memory; the
+    /// registers come back.
+    pub fn save_its(&self) -> Result<ItsState> {
+        let mut redist = Vec::with_capacity(self.mpidrs.len());
+        for &mpidr in &self.mpidrs {
+            redist.push(RedistState {
+                mpidr,
+                propbaser: self.redist_get64(mpidr, GICR_PROPBASER)?,
+                pendbaser: self.redist_get64(mpidr, GICR_PENDBASER)?,
+                ctlr: self.redist_get32(mpidr, GICR_CTLR)?,
+            });
+        }
+        let regs = self.its.save(&self.gic).map_err(its_err("save"))?;
+        Ok(ItsState { regs, redist })
+    }
+
+    /// Restores into this (fresh) VM, whose guest memory already holds the
+    /// snapshot's, in KVM's documented order: redistributors (LPIs enabled
+    /// last), then the ITS registers with CBASER first, the tables (decoded
+    /// and checked by the its codec first), GITS_CTLR last.
+    pub fn restore_its<M: vm_memory::GuestMemory>(&self, st: &ItsState, mem: &M) -> Result<()> {
+        if st.redist.len() != self.mpidrs.len() {
+            return Err(Error::Memory(format!(
+                "the ITS snapshot has {} redistributors, this VM {} vCPUs",
+                st.redist.len(),
+                self.mpidrs.len()
+            )));
+        }
+        for r in &st.redist {
+            for (off, v) in [(GICR_PROPBASER, r.propbaser), (GICR_PENDBASER, r.pendbaser)] {
+                self.redist_set32(r.mpidr, off, v as u32)?;
+                self.redist_set32(r.mpidr, off + 4, (v >> 32) as u32)?;
+            }
+        }
+        for r in &st.redist {
+            self.redist_set32(r.mpidr, GICR_CTLR, r.ctlr)?;
+        }
+        self.its
+            .restore_checked(&st.regs, mem, self.mpidrs.len(), MAX_LPI)
+            .map_err(its_err("restore"))
+    }
 }
 
 /// Most vCPUs: as many redistributors as fit before the UART.
@@ -172,7 +289,14 @@ pub fn create_vcpus(_kvm: &Kvm, vm: &VmFd, nr: u8) -> Result<(Vec<VcpuFd>, Platf
         None,
         "initialisation",
     )?;
-    Ok((vcpus, Platform { gic, its }))
+    Ok((
+        vcpus,
+        Platform {
+            gic,
+            its,
+            mpidrs: Vec::new(),
+        },
+    ))
 }
 
 fn open_payload_file(path: &std::path::Path, option: &'static str) -> Result<File> {
@@ -197,7 +321,7 @@ pub fn boot(
     mem_layout: &MemoryLayout,
     pci: &PciSegment,
     vcpus: &[VcpuFd],
-    _platform: &mut Platform,
+    platform: &mut Platform,
 ) -> Result<()> {
     let fdt_addr = mem_layout.fdt_start();
     let (entry, cmdline, initrd) = match &cfg.payload {
@@ -257,6 +381,7 @@ pub fn boot(
             .map_err(Error::kvm("KVM_GET_ONE_REG(MPIDR_EL1)"))?;
         mpidrs.push(u64::from_le_bytes(b));
     }
+    platform.mpidrs = mpidrs.clone();
     let dtb = fdt::build(&FdtConfig {
         mpidrs,
         layout: *mem_layout,
