@@ -21,6 +21,7 @@ BIN=$REPO_DIR/target/$TARGET/release
 KDIR=$("$RIG_DIR/build-kernel.sh" aarch64 | tail -n1)
 A=$("$RIG_DIR/fetch-arm64.sh" | tail -n1)
 INITRD=$(BUSYBOX=$A/busybox "$RIG_DIR/build-initramfs.sh" | tail -n1)
+ITS_GUEST=$("$RIG_DIR/build-guest-its.sh" | tail -n1)
 
 ROOT=$(mktemp -d)
 trap 'rm -rf "$ROOT" "$ROOT.cpio"' EXIT
@@ -30,6 +31,7 @@ for applet in $(qemu-aarch64 "$A/busybox" --list); do [ "$applet" = busybox ] ||
 cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$ROOT/bin/"
 cp "$KDIR/Image" "$ROOT/guest/"
 cp "$INITRD" "$ROOT/guest/initrd.cpio.gz"
+cp "$ITS_GUEST" "$ROOT/guest/its-tests.img"
 cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
 ARGS=--arm64

@@ -2,6 +2,7 @@
 //! (qemu-system-aarch64 TCG at EL2, real arm64 KVM with the in-kernel GICv3
 //! and ITS). The guest is the tiny arm64 kernel (`/guest/Image`).
 
+use crate::arm64_its_guest as its_guest;
 use crate::scenarios::{expect_exit, guest_cmd, Scenario};
 use crate::session::Session;
 use crate::Env;
@@ -20,6 +21,26 @@ pub const ALL: &[Scenario] = &[
         name: "arm64-its-save-decode-restore",
         run: its_snapshot,
     },
+    Scenario {
+        name: "arm64-its-introspection",
+        run: its_guest::introspection,
+    },
+    Scenario {
+        name: "arm64-its-trigger",
+        run: its_guest::trigger,
+    },
+    Scenario {
+        name: "arm64-its-migration",
+        run: its_guest::migration,
+    },
+    Scenario {
+        name: "arm64-its-pending-migration",
+        run: its_guest::pending_migration,
+    },
+    Scenario {
+        name: "arm64-its-migrate-unmapped-collection",
+        run: its_guest::unmapped_collection,
+    },
 ];
 
 /// Caravel's vmm as a library: a Linux guest with virtio-blk and -rng boots,
@@ -30,26 +51,9 @@ pub const ALL: &[Scenario] = &[
 /// codec's reason before KVM sees it.
 #[cfg(target_arch = "aarch64")]
 fn its_snapshot(env: &Env) -> Result<String, String> {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     use vm_memory::{Bytes, GuestAddress};
     use vmm::config::{CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, Payload, VmConfig};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     let img = env.tmp.join("arm64-its-disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
@@ -68,7 +72,7 @@ fn its_snapshot(env: &Env) -> Result<String, String> {
     });
     let e = |e: vmm::Error| e.to_string();
 
-    let out = Capture::default();
+    let out = crate::capture::Capture::default();
     let vm = vmm::Vm::new(&cfg, Box::new(out.clone()), None, None).map_err(e)?;
     let devfns: Vec<u32> = vm
         .devices()
@@ -80,9 +84,7 @@ fn its_snapshot(env: &Env) -> Result<String, String> {
         .collect();
     let running = vm.start().map_err(e)?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|e| e.into_inner()))
-        .contains("CARAVEL-MARKER")
-    {
+    while !out.text().contains("CARAVEL-MARKER") {
         if Instant::now() > deadline {
             return Err("the guest did not boot within 120 s".into());
         }

@@ -8,8 +8,11 @@
 //! (default: every scenario). Binaries are taken from `--bin` (default
 //! `/bin`), guest kernels and images from `--guest` (default `/guest`).
 
+mod arm64_its_guest;
 mod arm64_scenarios;
 mod bench;
+#[cfg(target_arch = "aarch64")]
+mod capture;
 mod control;
 mod mem_bench;
 mod mem_scenarios;

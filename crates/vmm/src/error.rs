@@ -32,6 +32,9 @@ pub enum Error {
     /// A `--device` could not be passed through (VFIO).
     #[error("--device {0}")]
     Vfio(String),
+    /// A snapshot cannot be taken or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// Other I/O (sockets, files, threads).
     #[error("{what}: {source}")]
     Io {

@@ -338,6 +338,36 @@ impl GuestRam {
     }
 }
 
+/// Copies every region of `from` into the region of `to` at the same guest
+/// address and size (a restore into a VM built from the same configuration).
+pub fn copy_guest_memory(
+    from: &GuestMemoryMmap,
+    to: &GuestMemoryMmap,
+) -> std::result::Result<(), String> {
+    use vm_memory::{Address, Bytes};
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    for r in from.iter() {
+        let (start, len) = (r.start_addr(), r.len());
+        if !to.iter().any(|t| t.start_addr() == start && t.len() == len) {
+            return Err(format!(
+                "guest memory at {:#x} ({len:#x} bytes) has no region of the same size here: was the VM built from the same --memory?",
+                start.0
+            ));
+        }
+        let mut off = 0u64;
+        while off < len {
+            let n = CHUNK.min((len - off) as usize);
+            let at = start.unchecked_add(off);
+            from.read_slice(&mut buf[..n], at)
+                .and_then(|()| to.write_slice(&buf[..n], at))
+                .map_err(|e| format!("copying guest memory at {:#x}: {e}", at.0))?;
+            off += n as u64;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ pub struct VcpuContext {
 
 /// A running vCPU thread.
 pub struct VcpuHandle {
-    thread: JoinHandle<()>,
+    thread: JoinHandle<VcpuFd>,
     done: Arc<AtomicBool>,
 }
 
@@ -61,8 +61,9 @@ pub fn spawn(vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{}", ctx.id))
         .spawn(move || {
-            run(vcpu, &ctx);
+            let vcpu = run(vcpu, &ctx);
             done2.store(true, Ordering::Release);
+            vcpu
         })?;
     Ok(VcpuHandle { thread, done })
 }
@@ -70,7 +71,8 @@ pub fn spawn(vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
 /// Stops every vCPU: the stop flag is already set by the caller; kick each
 /// thread until it has left KVM_RUN, then join. Kicks repeat because a signal
 /// that lands between the flag check and KVM_RUN would otherwise be lost.
-pub fn stop_all(handles: Vec<VcpuHandle>) {
+/// Returns the vCPUs whose threads ended normally, in order.
+pub fn stop_all(handles: Vec<VcpuHandle>) -> Vec<VcpuFd> {
     loop {
         let mut running = 0;
         for h in &handles {
@@ -84,9 +86,24 @@ pub fn stop_all(handles: Vec<VcpuHandle>) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    for h in handles {
-        let _ = h.thread.join();
+    handles
+        .into_iter()
+        .filter_map(|h| h.thread.join().ok())
+        .collect()
+}
+
+/// Completes an exit the vCPU thread handled but KVM has not consumed yet
+/// (an MMIO read's data goes into the register, the PC moves past the
+/// access) without running guest code: KVM_RUN with `immediate_exit`.
+/// A snapshot taken before this would replay or lose the access.
+pub fn complete_pending_exit(vcpu: &mut VcpuFd) {
+    vcpu.set_kvm_immediate_exit(1);
+    match vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => {}
+        Err(e) => log::warn!("completing the last exit: KVM_RUN: {e}"),
+        Ok(exit) => log::warn!("completing the last exit: KVM_RUN returned {exit:?}"),
     }
+    vcpu.set_kvm_immediate_exit(0);
 }
 
 fn crash(ctx: &VcpuContext, vcpu: &VcpuFd, what: &str) {
@@ -120,7 +137,7 @@ fn internal_error(vcpu: &mut VcpuFd) -> String {
     )
 }
 
-fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) {
+fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) -> VcpuFd {
     let mut first = true;
     while !ctx.stop.load(Ordering::Acquire) {
         if first {
@@ -194,10 +211,15 @@ fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
             }
+            Err(e) if cfg!(target_arch = "aarch64") && e.errno() == libc::ENOSYS => {
+                crash(ctx, &vcpu, "KVM_RUN failed with ENOSYS: the guest accessed MMIO with an instruction KVM cannot emulate (no valid syndrome: a load/store pair or a writeback addressing mode)");
+                break;
+            }
             Err(e) => {
                 crash(ctx, &vcpu, &format!("KVM_RUN failed: {e}"));
                 break;
             }
         }
     }
+    vcpu
 }

@@ -268,7 +268,7 @@ impl Vm {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     stop.store(true, Ordering::Release);
-                    vcpu::stop_all(handles);
+                    drop(vcpu::stop_all(handles));
                     return Err(Error::io("cannot start a vCPU thread")(e));
                 }
             }
@@ -293,6 +293,44 @@ impl Vm {
     /// and holding the snapshot's guest memory), before it starts.
     pub fn its_restore(&self, st: &platform::ItsState) -> Result<()> {
         self.arch_state.restore_its(st, &self.ram.memory)
+    }
+
+    /// Saves a paused VM ([`RunningVm::pause`]): vCPUs, GIC and ITS; with
+    /// guest memory ([`Vm::memory`]) that is the whole VM. Device models
+    /// are not saved yet, so a VM with PCI devices is refused; the UART
+    /// restarts from its reset state.
+    pub fn snapshot(&self) -> Result<crate::aarch64::snapshot::VmState> {
+        let devices = self.devices();
+        if !devices.is_empty() || self.mem_device.is_some() {
+            let names: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
+            return Err(Error::Snapshot(format!(
+                "the VM has PCI devices ({}{}), whose state snapshots do not carry yet",
+                names.join(", "),
+                if self.mem_device.is_some() {
+                    " virtio-mem"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if self.vcpus.len() != self.arch_state.mpidrs.len() {
+            return Err(Error::Snapshot(
+                "the VM is running: pause it first (RunningVm::pause)".into(),
+            ));
+        }
+        self.arch_state.save(&self.vcpus)
+    }
+
+    /// Restores a snapshot into this VM, built from the same configuration
+    /// and not started: guest memory is copied from `memory` (the saved
+    /// VM's), then vCPUs, GIC and ITS in KVM's order.
+    pub fn restore(
+        &self,
+        st: &crate::aarch64::snapshot::VmState,
+        memory: &GuestMemoryMmap,
+    ) -> Result<()> {
+        memory::copy_guest_memory(memory, &self.ram.memory).map_err(Error::Snapshot)?;
+        self.arch_state.restore(&self.vcpus, st, &self.ram.memory)
     }
 }
 
@@ -425,15 +463,18 @@ impl RunningVm {
     /// Stops all vCPUs and returns why the VM stopped.
     pub fn stop(self) -> ExitReason {
         self.stop.store(true, Ordering::Release);
-        vcpu::stop_all(self.handles);
+        drop(vcpu::stop_all(self.handles));
         self.vm.exit.get().unwrap_or(ExitReason::Shutdown)
     }
 
-    /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state)
-    /// for a snapshot or inspection. It cannot be started again.
-    pub fn pause(self) -> Vm {
+    /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state
+    /// and the vCPUs, each with its last exit completed) for a snapshot or
+    /// inspection.
+    pub fn pause(mut self) -> Vm {
         self.stop.store(true, Ordering::Release);
-        vcpu::stop_all(self.handles);
+        let mut vcpus = vcpu::stop_all(self.handles);
+        vcpus.iter_mut().for_each(vcpu::complete_pending_exit);
+        self.vm.vcpus = vcpus;
         self.vm
     }
 

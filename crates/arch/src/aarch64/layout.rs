@@ -119,9 +119,23 @@ impl MemoryLayout {
     }
 }
 
+/// The ITS test guest's copy of the map, checked against this one.
+#[cfg(test)]
+#[path = "../../../../guests/its/src/layout.rs"]
+mod its_guest;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_its_test_guest_uses_this_map() {
+        assert_eq!(its_guest::GIC_DIST_START, GIC_DIST_START);
+        assert_eq!(its_guest::GIC_ITS_START, GIC_ITS_START);
+        assert_eq!(its_guest::GIC_REDIST_START, GIC_REDIST_START);
+        assert_eq!(its_guest::GIC_REDIST_SIZE, GIC_REDIST_SIZE);
+        assert_eq!(its_guest::UART_START, UART_START);
+    }
 
     #[test]
     fn the_map_is_ordered_and_fits_40_bits() {

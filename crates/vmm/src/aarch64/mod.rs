@@ -2,3 +2,4 @@
 //! and ITS, and the arm64 Linux boot.
 
 pub mod platform;
+pub mod snapshot;

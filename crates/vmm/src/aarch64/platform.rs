@@ -48,7 +48,7 @@ pub const PCI_CONFIG_PORTS: bool = false;
 /// `KVM_DEV_TYPE_ARM_VGIC_V3`
 const DEV_TYPE_VGIC_V3: u32 = 7;
 /// Interrupts the distributor handles: SGIs, PPIs and 96 SPIs.
-const GIC_NR_IRQS: u64 = 128;
+pub(crate) const GIC_NR_IRQS: u64 = 128;
 
 /// The device ID an MSI carries through the ITS: the requester ID (bus 0).
 pub fn msi_devid(devfn: pci::DevFn) -> Option<u32> {
@@ -108,7 +108,7 @@ fn its_err(what: &str) -> impl FnOnce(its::kvm::KvmItsError) -> Error + '_ {
 impl Platform {
     /// A redistributor register: `attr` = MPIDR affinity << 32 | offset;
     /// KVM moves 32 bits at a time, so 64-bit registers take two accesses.
-    fn redist_attr(mpidr: u64, offset: u64) -> u64 {
+    pub(crate) fn redist_attr(mpidr: u64, offset: u64) -> u64 {
         ((mpidr & 0xff_00ff_ffff & 0xffff_ffff) << 32) | offset
     }
 
