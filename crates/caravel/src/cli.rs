@@ -15,8 +15,14 @@ use crate::options::{KeyValues, OptionError};
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest boot RAM accepted (the guest-physical layout keeps room above it).
 pub const MAX_MEMORY: u64 = 1 << 40;
-/// Command line used when `--cmdline` is not given.
+/// Command line used when `--cmdline` is not given: the console on the
+/// platform's UART (x86: the 16550 COM1; arm64: the PL011).
+#[cfg(not(target_arch = "aarch64"))]
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Command line used when `--cmdline` is not given: the console on the
+/// platform's UART (x86: the 16550 COM1; arm64: the PL011).
+#[cfg(target_arch = "aarch64")]
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0";
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -48,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub initramfs: Option<PathBuf>,
 
-    /// Kernel command line [default: "console=ttyS0"].
+    /// Kernel command line [default: "console=ttyS0"; on arm64 "console=ttyAMA0"].
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
 
@@ -425,7 +431,7 @@ mod tests {
         let Payload::Linux(p) = c.payload else {
             panic!()
         };
-        assert_eq!(p.cmdline, "console=ttyS0");
+        assert_eq!(p.cmdline, DEFAULT_CMDLINE);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
+pub mod pl011;
 pub mod ratelimit;
 pub mod serial;
 

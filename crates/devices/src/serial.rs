@@ -1,4 +1,5 @@
-//! The 16550A UART on COM1, backed by vm-superio.
+//! The console UART: a 16550A (x86's COM1, backed by vm-superio) or a PL011
+//! (arm64, [`crate::pl011`]), behind one interface.
 //!
 //! Output goes to any writer (stdout, a file, a test buffer). Input is pushed
 //! by the VMM with [`SerialDevice::enqueue_input`]; when the guest drains the
@@ -11,6 +12,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::pl011::Pl011;
 use crate::BusDevice;
 
 /// An [`EventFd`] usable as a vm-superio interrupt line (wired to an irqfd).
@@ -41,52 +43,81 @@ impl SerialEvents for InputWanted {
 /// Where the guest's serial output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
-/// COM1 as a bus device.
+enum Uart {
+    Ns16550(Serial<EventFdTrigger, InputWanted, SerialOutput>),
+    Pl011(Pl011),
+}
+
+/// The console UART as a bus device.
 pub struct SerialDevice {
-    inner: Serial<EventFdTrigger, InputWanted, SerialOutput>,
+    inner: Uart,
 }
 
 impl SerialDevice {
-    /// A UART that raises `interrupt` and writes to `out`.
+    /// A 16550A that raises `interrupt` and writes to `out`.
     pub fn new(interrupt: EventFd, input_wanted: Arc<EventFd>, out: SerialOutput) -> Self {
         Self {
-            inner: Serial::with_events(EventFdTrigger(interrupt), InputWanted(input_wanted), out),
+            inner: Uart::Ns16550(Serial::with_events(
+                EventFdTrigger(interrupt),
+                InputWanted(input_wanted),
+                out,
+            )),
+        }
+    }
+
+    /// A PL011 that raises `interrupt` and writes to `out`.
+    pub fn new_pl011(interrupt: EventFd, input_wanted: Arc<EventFd>, out: SerialOutput) -> Self {
+        Self {
+            inner: Uart::Pl011(Pl011::new(interrupt, input_wanted, out)),
         }
     }
 
     /// Queues bytes for the guest to read; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        let room = self.inner.fifo_capacity();
-        let n = bytes.len().min(room);
+        let n = bytes.len().min(self.input_room());
         if n == 0 {
             return 0;
         }
-        match self.inner.enqueue_raw_bytes(&bytes[..n]) {
-            Ok(n) => n,
-            Err(e) => {
-                crate::warn_ratelimited!("serial: cannot queue input: {e:?}");
-                0
-            }
+        match &mut self.inner {
+            Uart::Pl011(p) => p.enqueue_input(&bytes[..n]),
+            Uart::Ns16550(s) => match s.enqueue_raw_bytes(&bytes[..n]) {
+                Ok(n) => n,
+                Err(e) => {
+                    crate::warn_ratelimited!("serial: cannot queue input: {e:?}");
+                    0
+                }
+            },
         }
     }
 
     /// Free space in the receive FIFO.
     pub fn input_room(&self) -> usize {
-        self.inner.fifo_capacity()
+        match &self.inner {
+            Uart::Ns16550(s) => s.fifo_capacity(),
+            Uart::Pl011(p) => p.input_room(),
+        }
     }
 }
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let s = match &mut self.inner {
+            Uart::Pl011(p) => return p.read(offset, data),
+            Uart::Ns16550(s) => s,
+        };
         data.fill(0);
         if let (Some(first), Ok(off)) = (data.first_mut(), u8::try_from(offset)) {
-            *first = self.inner.read(off);
+            *first = s.read(off);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let s = match &mut self.inner {
+            Uart::Pl011(p) => return p.write(offset, data),
+            Uart::Ns16550(s) => s,
+        };
         if let (Some(&value), Ok(off)) = (data.first(), u8::try_from(offset)) {
-            if let Err(e) = self.inner.write(off, value) {
+            if let Err(e) = s.write(off, value) {
                 crate::warn_ratelimited!("serial: write to offset {off} failed: {e:?}");
             }
         }

@@ -60,7 +60,7 @@ fn its_snapshot(env: &Env) -> Result<String, String> {
     let mut cfg = VmConfig::new(Payload::Linux(LinuxPayload {
         kernel: env.guest("Image").into(),
         initramfs: Some(env.guest("initrd.cpio.gz").into()),
-        cmdline: "console=ttyS0 quiet panic=-1 caravel.test=idle".into(),
+        cmdline: "console=ttyAMA0 quiet panic=-1 caravel.test=idle".into(),
     }));
     cfg.cpus = CpusConfig { boot_vcpus: 2 };
     cfg.memory = MemoryConfig::boot_only(256 << 20);
@@ -186,7 +186,7 @@ fn args(env: &Env, test: &str, extra: &[&str]) -> Vec<String> {
         "--initramfs",
         &env.guest("initrd.cpio.gz"),
         "--cmdline",
-        &format!("console=ttyS0 quiet panic=-1 caravel.test={test}"),
+        &format!("console=ttyAMA0 quiet panic=-1 caravel.test={test}"),
         "--cpus",
         "boot=2",
         "--memory",
@@ -228,8 +228,24 @@ fn virtio_its(env: &Env) -> Result<String, String> {
     )?;
     let lines = guest_cmd(
         &mut s,
-        "grep -e ITS -e MSI /proc/interrupts; echo SECTORS $(cat /sys/block/vda/size); head -c 4096 /dev/hwrng | wc -c",
+        "grep -e ITS -e MSI /proc/interrupts; echo SECTORS $(cat /sys/block/vda/size); head -c 4096 /dev/hwrng | wc -c; grep PL011 /proc/tty/driver/ttyAMA",
     )?;
+    // The console: the PL011 driver, interrupt-driven in both directions.
+    let uart = lines
+        .iter()
+        .find(|l| l.contains("uart:PL011"))
+        .ok_or_else(|| format!("the console is not on the PL011:\n{}", lines.join("\n")))?;
+    let count = |key: &str| -> u64 {
+        uart.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (tx, rx) = (count("tx:"), count("rx:"));
+    if tx == 0 || rx == 0 {
+        return Err(format!(
+            "the PL011 moved no data (tx {tx}, rx {rx}): {uart}"
+        ));
+    }
     let its_lines = lines.iter().filter(|l| l.contains("ITS-MSI")).count();
     if its_lines == 0 {
         return Err(format!(
@@ -250,5 +266,5 @@ fn virtio_its(env: &Env) -> Result<String, String> {
     }
     s.send("poweroff")?;
     expect_exit(&mut s, 0)?;
-    Ok(format!("{its_lines} ITS-MSI interrupt lines (virtio-blk, virtio-rng), vda 8192 sectors, hwrng read, exit 0"))
+    Ok(format!("{its_lines} ITS-MSI interrupt lines (virtio-blk, virtio-rng), vda 8192 sectors, hwrng read, console on the PL011 (tx {tx} rx {rx} bytes), exit 0"))
 }

@@ -11,7 +11,14 @@ use std::time::Duration;
 use selftests::report::Verdict;
 use selftests::runner::run_in_child;
 
+/// Tests run on parallel threads: a process forked by one while another has
+/// a script open for writing inherits that descriptor until it execs, and
+/// executing the script then fails with ETXTBSY. Writing scripts and
+/// spawning the suite take this lock.
+static WRITE_OR_FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn suite(args: &[&str]) -> (Option<i32>, String) {
+    let _guard = WRITE_OR_FORK.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_caravel-selftests"))
         .args(args)
         .output()
@@ -53,6 +60,7 @@ fn json_output_is_one_document() {
 fn script(name: &str, body: &str) -> PathBuf {
     let path =
         std::env::temp_dir().join(format!("caravel-selftests-{}-{name}", std::process::id()));
+    let _guard = WRITE_OR_FORK.lock().unwrap_or_else(|e| e.into_inner());
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path

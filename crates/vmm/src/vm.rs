@@ -98,7 +98,7 @@ impl Vm {
             .map_err(Error::kvm("KVM_IRQFD"))?;
         let serial_input_wanted =
             Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
+        let serial = Arc::new(Mutex::new(platform::serial_device(
             serial_irq,
             serial_input_wanted.clone(),
             serial_out,

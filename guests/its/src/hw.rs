@@ -39,20 +39,6 @@ pub fn write64(addr: u64, v: u64) {
     unsafe { asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) v, options(nostack)) };
 }
 
-fn read8(addr: u64) -> u8 {
-    let v: u32;
-    // SAFETY: as in `read32` (the UART's byte-wide registers).
-    unsafe { asm!("ldrb {v:w}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack)) };
-    v as u8
-}
-
-fn write8(addr: u64, v: u8) {
-    // SAFETY: as in `read8`.
-    unsafe {
-        asm!("strb {v:w}, [{a}]", a = in(reg) addr, v = in(reg) u32::from(v), options(nostack))
-    };
-}
-
 /// Reads a system register by name.
 #[macro_export]
 macro_rules! read_sysreg {
@@ -114,20 +100,22 @@ pub fn delay_us(us: u64) {
     }
 }
 
-const UART_THR: u64 = UART_START;
-const UART_LSR: u64 = UART_START + 5;
+/// PL011 data register.
+const UART_DR: u64 = UART_START;
+/// PL011 flag register: TXFF (bit 5), RXFE (bit 4).
+const UART_FR: u64 = UART_START + 0x18;
 
 fn uart_putc(c: u8) {
-    while read8(UART_LSR) & 0x20 == 0 {}
-    write8(UART_THR, c);
+    while read32(UART_FR) & (1 << 5) != 0 {}
+    write32(UART_DR, u32::from(c));
 }
 
 /// Waits for a byte on the UART.
 pub fn uart_getc() -> u8 {
-    while read8(UART_LSR) & 1 == 0 {
+    while read32(UART_FR) & (1 << 4) != 0 {
         delay_us(1000);
     }
-    read8(UART_THR)
+    read32(UART_DR) as u8
 }
 
 struct Uart;

@@ -9,5 +9,5 @@ pub const GIC_ITS_START: u64 = 0x0808_0000;
 pub const GIC_REDIST_START: u64 = 0x080a_0000;
 /// Per-vCPU redistributor size (RD_base + SGI_base).
 pub const GIC_REDIST_SIZE: u64 = 0x2_0000;
-/// 16550 UART.
+/// PL011 UART.
 pub const UART_START: u64 = 0x0900_0000;

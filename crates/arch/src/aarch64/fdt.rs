@@ -50,7 +50,7 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
 
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", &cfg.cmdline)?;
-    fdt.property_string("stdout-path", &format!("/uart@{UART_START:x}"))?;
+    fdt.property_string("stdout-path", &format!("/pl011@{UART_START:x}"))?;
     if let Some((start, size)) = cfg.initrd {
         fdt.property_u64("linux,initrd-start", start)?;
         fdt.property_u64("linux,initrd-end", start + size)?;
@@ -131,10 +131,16 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     fdt.property_phandle(PHANDLE_CLOCK)?;
     fdt.end_node(clock)?;
 
-    let uart = fdt.begin_node(&format!("uart@{UART_START:x}"))?;
-    fdt.property_string("compatible", "ns16550a")?;
+    // A PL011 (an AMBA primecell: the bus reads its ID registers with the
+    // APB clock enabled).
+    let uart = fdt.begin_node(&format!("pl011@{UART_START:x}"))?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["arm,pl011".into(), "arm,primecell".into()],
+    )?;
     reg(&mut fdt, &[(UART_START, UART_SIZE)])?;
-    fdt.property_u32("clock-frequency", 1_843_200)?;
+    fdt.property_array_u32("clocks", &[PHANDLE_CLOCK, PHANDLE_CLOCK])?;
+    fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     // Edge: the UART's irqfd injects a pulse, which a level-sensitive SPI
     // would see as an interrupt storm with nothing pending.
     fdt.property_array_u32("interrupts", &[GIC_SPI, UART_SPI, IRQ_TYPE_EDGE_RISING])?;
@@ -185,7 +191,7 @@ mod tests {
         FdtConfig {
             mpidrs: vec![0x8000_0000, 0x8000_0001],
             layout: MemoryLayout::new(256 << 20),
-            cmdline: "console=ttyS0".into(),
+            cmdline: "console=ttyAMA0".into(),
             initrd: Some((0x4800_0000, 0x10_0000)),
             pci_last_bus: 0,
         }
@@ -207,9 +213,10 @@ mod tests {
             b"arm,armv8-timer\0",
             b"pci-host-ecam-generic\0",
             b"msi-map\0",
-            b"ns16550a\0",
+            b"arm,pl011\0arm,primecell\0",
+            b"uartclk\0apb_pclk\0",
             b"psci\0",
-            b"console=ttyS0\0",
+            b"console=ttyAMA0\0",
             b"linux,initrd-start\0",
             b"cpu@1\0",
         ] {

@@ -4,7 +4,7 @@
 //! 0x0800_0000  GICv3 distributor (64 KiB)
 //! 0x0808_0000  GICv3 ITS (128 KiB)
 //! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
-//! 0x0900_0000  UART (16550, 4 KiB), SPI 1
+//! 0x0900_0000  UART (PL011, 4 KiB), SPI 1
 //! 0x1000_0000  32-bit PCI MMIO window (up to 0x3f00_0000)
 //! 0x3f00_0000  PCI ECAM (16 MiB reserved)
 //! 0x4000_0000  RAM: kernel at the start, DTB in the last 2 MiB
@@ -28,7 +28,7 @@ pub const GIC_REDIST_START: u64 = 0x080a_0000;
 pub const GIC_REDIST_SIZE: u64 = 0x2_0000;
 /// Most vCPUs whose redistributors fit before the UART.
 pub const MAX_VCPUS: u64 = (UART_START - GIC_REDIST_START) / GIC_REDIST_SIZE;
-/// UART (16550 compatible) registers.
+/// UART (PL011) registers.
 pub const UART_START: u64 = 0x0900_0000;
 /// UART region size.
 pub const UART_SIZE: u64 = 0x1000;

@@ -6,7 +6,7 @@
 //!   `KVM_EXIT_SYSTEM_EVENT`.
 //! * Interrupts: the in-kernel GICv3 (distributor, one redistributor per
 //!   vCPU) and its ITS; PCI MSIs carry the requester ID as ITS device ID.
-//! * The UART is a 16550 on MMIO (SPI 1); there are no port-I/O devices.
+//! * The UART is a PL011 on MMIO (SPI 1); there are no port-I/O devices.
 //! * Boot: an arm64 `Image` at the start of RAM, the initramfs below the
 //!   device tree, which sits in the last 2 MiB of RAM; x0 = its address.
 
@@ -420,4 +420,13 @@ pub fn describe_registers(vcpu: &VcpuFd) -> String {
         show(get(regs::x(2))),
         show(get(regs::x(3))),
     )
+}
+
+/// The console UART: A PL011 (`console=ttyAMA0`), as on QEMU's `virt`.
+pub fn serial_device(
+    interrupt: vmm_sys_util::eventfd::EventFd,
+    input_wanted: Arc<vmm_sys_util::eventfd::EventFd>,
+    out: devices::serial::SerialOutput,
+) -> SerialDevice {
+    SerialDevice::new_pl011(interrupt, input_wanted, out)
 }

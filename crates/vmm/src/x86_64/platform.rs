@@ -195,3 +195,12 @@ fn load_payload(
         }
     }
 }
+
+/// The console UART: COM1: a 16550A (`console=ttyS0`).
+pub fn serial_device(
+    interrupt: vmm_sys_util::eventfd::EventFd,
+    input_wanted: Arc<vmm_sys_util::eventfd::EventFd>,
+    out: devices::serial::SerialOutput,
+) -> SerialDevice {
+    SerialDevice::new(interrupt, input_wanted, out)
+}
