@@ -14,6 +14,10 @@ pub const ALL: &[Scenario] = &[
         run: boot_poweroff,
     },
     Scenario {
+        name: "arm64-psci-reset-reboots-or-exits",
+        run: psci_reset,
+    },
+    Scenario {
         name: "arm64-virtio-blk-msix-through-its",
         run: virtio_its,
     },
@@ -214,6 +218,50 @@ fn boot_poweroff(env: &Env) -> Result<String, String> {
             .collect::<Vec<_>>()
             .join(" "),
         end.as_secs_f64()
+    ))
+}
+
+/// PSCI SYSTEM_RESET: Caravel boots the guest again (a fresh VM), or with
+/// `--no-reboot` exits 0.
+fn psci_reset(env: &Env) -> Result<String, String> {
+    let timeout = std::time::Duration::from_secs(120);
+    let markers = |s: &Session| {
+        s.transcript
+            .iter()
+            .filter(|l| l.contains("CARAVEL-MARKER"))
+            .count()
+    };
+    let mut s = Session::spawn(&env.bin("caravel"), &args(env, "interactive", &[]))?;
+    s.expect("CARAVEL-READY", timeout)?;
+    s.send("reboot")?;
+    let (_, second) = s.expect("CARAVEL-MARKER", timeout)?;
+    s.expect("CARAVEL-READY", timeout)?;
+    s.send("poweroff")?;
+    expect_exit(&mut s, 0)?;
+    if markers(&s) != 2 {
+        return Err(format!(
+            "{} boots seen, expected 2\n{}",
+            markers(&s),
+            s.tail()
+        ));
+    }
+    let mut s = Session::spawn(
+        &env.bin("caravel"),
+        &args(env, "interactive", &["--no-reboot"]),
+    )?;
+    s.expect("CARAVEL-READY", timeout)?;
+    s.send("reboot")?;
+    let t = expect_exit(&mut s, 0)?;
+    if markers(&s) != 1 {
+        return Err(format!(
+            "--no-reboot: {} boots seen, expected 1",
+            markers(&s)
+        ));
+    }
+    Ok(format!(
+        "SYSTEM_RESET: second boot's marker at {:.2} s, then SYSTEM_OFF exit 0; with --no-reboot: exit 0 at {:.2} s",
+        second.as_secs_f64(),
+        t.as_secs_f64()
     ))
 }
 
