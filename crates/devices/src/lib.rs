@@ -10,6 +10,8 @@ pub mod i8042;
 pub mod pl011;
 pub mod ratelimit;
 pub mod serial;
+#[cfg(test)]
+mod test_output;
 
 pub use bus::{Bus, BusDevice, BusError};
 

@@ -232,20 +232,8 @@ impl BusDevice for Pl011 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::test_output::Shared;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn uart() -> (Pl011, EventFd, Arc<EventFd>, Shared) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -80,6 +80,28 @@ impl Setup {
         }
     }
 
+    /// Enables `lpi` and maps event `(device, event)` to it in collection
+    /// `icid` (MAPTI).
+    fn map_event(&mut self, tap: &mut Tap, (dev, event): (u32, u32), lpi: u32, icid: u16) {
+        self.lpis.set(lpi, true);
+        self.cmd(
+            tap,
+            Cmd::Mapti {
+                dev,
+                event,
+                lpi,
+                icid,
+            },
+        );
+    }
+
+    /// INT on `(device, event)`, then whether `want` (and nothing else)
+    /// arrived.
+    fn int(&mut self, tap: &mut Tap, (dev, event): (u32, u32), want: Option<(usize, u32)>) -> bool {
+        self.cmd(tap, Cmd::Int { dev, event });
+        lpis_seen(tap, want)
+    }
+
     /// MAPD with a fresh ITT for 2^`bits` events.
     fn map_device(&mut self, tap: &mut Tap, dev: u32, bits: u32) {
         let itt = self.heap.alloc(8 << bits, 256);
@@ -261,35 +283,15 @@ fn trigger(tap: &mut Tap, s: &mut Setup) {
     s.map_device(tap, 2, 8);
     s.cmd(tap, Cmd::Mapc { icid: 3, pe: 3 });
     s.cmd(tap, Cmd::Mapc { icid: 2, pe: 2 });
-    s.lpis.set(8195, true);
-    s.lpis.set(8196, true);
-    s.cmd(
-        tap,
-        Cmd::Mapti {
-            dev: 0,
-            event: 20,
-            lpi: 8195,
-            icid: 3,
-        },
-    );
-    s.cmd(
-        tap,
-        Cmd::Mapti {
-            dev: 2,
-            event: 20,
-            lpi: 8196,
-            icid: 2,
-        },
-    );
+    s.map_event(tap, (0, 20), 8195, 3);
+    s.map_event(tap, (2, 20), 8196, 2);
 
-    s.cmd(tap, Cmd::Int { dev: 0, event: 20 });
-    let ok = lpis_seen(tap, Some((3, 8195)));
+    let ok = s.int(tap, (0, 20), Some((3, 8195)));
     tap.check(
         ok,
         format_args!("its-trigger: int: dev 0 event 20 -> LPI 8195 on CPU 3 only"),
     );
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, Some((2, 8196)));
+    let ok = s.int(tap, (2, 20), Some((2, 8196)));
     tap.check(
         ok,
         format_args!("its-trigger: int: dev 2 event 20 -> LPI 8196 on CPU 2 only"),
@@ -297,8 +299,7 @@ fn trigger(tap: &mut Tap, s: &mut Setup) {
 
     s.lpis.set(8195, false);
     s.cmd(tap, Cmd::Inv { dev: 0, event: 20 });
-    s.cmd(tap, Cmd::Int { dev: 0, event: 20 });
-    let ok = lpis_seen(tap, None);
+    let ok = s.int(tap, (0, 20), None);
     tap.check(
         ok,
         format_args!("its-trigger: inv: LPI 8195 disabled, then INV: INT delivers nothing"),
@@ -321,8 +322,7 @@ fn trigger(tap: &mut Tap, s: &mut Setup) {
             icid: 3,
         },
     );
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, Some((3, 8196)));
+    let ok = s.int(tap, (2, 20), Some((3, 8196)));
     tap.check(
         ok,
         format_args!(
@@ -330,8 +330,7 @@ fn trigger(tap: &mut Tap, s: &mut Setup) {
         ),
     );
 
-    s.cmd(tap, Cmd::Int { dev: 0, event: 21 });
-    let ok = lpis_seen(tap, None);
+    let ok = s.int(tap, (0, 21), None);
     tap.check(
         ok,
         format_args!(
@@ -348,8 +347,7 @@ fn trigger(tap: &mut Tap, s: &mut Setup) {
             valid: false,
         },
     );
-    s.cmd(tap, Cmd::Int { dev: 0, event: 20 });
-    let ok = lpis_seen(tap, None);
+    let ok = s.int(tap, (0, 20), None);
     tap.check(
         ok,
         format_args!("its-trigger: mapd valid=false: INT on the unmapped device delivers nothing"),
@@ -361,26 +359,8 @@ fn migration(tap: &mut Tap, s: &mut Setup) {
     s.map_device(tap, 7, 8);
     s.cmd(tap, Cmd::Mapc { icid: 2, pe: 2 });
     s.cmd(tap, Cmd::Mapc { icid: 3, pe: 3 });
-    s.lpis.set(8192, true);
-    s.lpis.set(8193, true);
-    s.cmd(
-        tap,
-        Cmd::Mapti {
-            dev: 2,
-            event: 20,
-            lpi: 8192,
-            icid: 2,
-        },
-    );
-    s.cmd(
-        tap,
-        Cmd::Mapti {
-            dev: 7,
-            event: 255,
-            lpi: 8193,
-            icid: 3,
-        },
-    );
+    s.map_event(tap, (2, 20), 8192, 2);
+    s.map_event(tap, (7, 255), 8193, 3);
     let regs = (its::cbaser(), its::baser(0), its::baser(1), its::ctlr());
 
     migrate(tap);
@@ -389,14 +369,12 @@ fn migration(tap: &mut Tap, s: &mut Setup) {
         after == regs,
         format_args!("its-migration: GITS_CBASER, BASER0, BASER1, CTLR read back the same"),
     );
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, Some((2, 8192)));
+    let ok = s.int(tap, (2, 20), Some((2, 8192)));
     tap.check(
         ok,
         format_args!("its-migration: dev 2 event 20 -> LPI 8192 on CPU 2 after migration"),
     );
-    s.cmd(tap, Cmd::Int { dev: 7, event: 255 });
-    let ok = lpis_seen(tap, Some((3, 8193)));
+    let ok = s.int(tap, (7, 255), Some((3, 8193)));
     tap.check(
         ok,
         format_args!("its-migration: dev 7 event 255 -> LPI 8193 on CPU 3 after migration"),
@@ -466,18 +444,8 @@ fn pending_migration(tap: &mut Tap, s: &mut Setup) {
 
 fn unmapped_collection(tap: &mut Tap, s: &mut Setup) {
     s.map_device(tap, 2, 8);
-    s.lpis.set(8192, true);
-    s.cmd(
-        tap,
-        Cmd::Mapti {
-            dev: 2,
-            event: 20,
-            lpi: 8192,
-            icid: 3,
-        },
-    );
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, None);
+    s.map_event(tap, (2, 20), 8192, 3);
+    let ok = s.int(tap, (2, 20), None);
     tap.check(
         ok,
         format_args!(
@@ -486,15 +454,13 @@ fn unmapped_collection(tap: &mut Tap, s: &mut Setup) {
     );
 
     migrate(tap);
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, None);
+    let ok = s.int(tap, (2, 20), None);
     tap.check(
         ok,
         format_args!("its-migrate-unmapped-collection: still nothing after migration"),
     );
     s.cmd(tap, Cmd::Mapc { icid: 3, pe: 3 });
     s.cmd(tap, Cmd::Sync { pe: 3 });
-    s.cmd(tap, Cmd::Int { dev: 2, event: 20 });
-    let ok = lpis_seen(tap, Some((3, 8192)));
+    let ok = s.int(tap, (2, 20), Some((3, 8192)));
     tap.check(ok, format_args!("its-migrate-unmapped-collection: collection 3 mapped after migration: LPI 8192 on CPU 3"));
 }
