@@ -104,7 +104,7 @@ pub fn resize_wait(env: &Env, sock: &str, size: &str, timeout: u32) -> Result<St
 /// Waits (up to 10 s) for the guest's MemTotal to be `base + added` within
 /// 8 MiB: the Linux driver onlines a memory block after plugging its blocks,
 /// so MemTotal trails plugged_size by a little.
-fn check_total(s: &mut Session, base: u64, added: u64, what: &str) -> Result<u64, String> {
+pub fn check_total(s: &mut Session, base: u64, added: u64, what: &str) -> Result<u64, String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let t = mem_total(s)?;

@@ -141,11 +141,33 @@ impl Session {
                 return Ok((status, self.started.elapsed()));
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                return Err(format!("did not exit within {timeout:?}\n{}", self.tail()));
+                let verdict = self.terminate();
+                return Err(format!(
+                    "did not exit within {timeout:?}; {verdict}\n{}",
+                    self.tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Ends a child that overstayed: SIGTERM first, so a VMM that still
+    /// runs its event loop exits on its own (which says the guest, not the
+    /// VMM, hung), then SIGKILL. Returns which it was.
+    fn terminate(&mut self) -> String {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sent && Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!("it answered SIGTERM ({status}): the process was responsive, the guest had not finished");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        "it ignored SIGTERM for 5 s and was killed: the process itself was stuck".into()
     }
 
     /// Everything the child wrote to stderr so far.
