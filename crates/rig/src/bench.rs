@@ -102,39 +102,7 @@ fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
     let qemu = |machine: &str, name: &'static str| Contender {
         name,
         program: "/usr/bin/qemu-system-x86_64".into(),
-        args: [
-            "-L",
-            "/usr/share/qemu",
-            "-L",
-            "/usr/share/seabios",
-            "-M",
-            machine,
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            GUEST_MEM,
-            "-smp",
-            &vcpus.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-            "-kernel",
-            &env.guest("vmlinux"),
-            "-initrd",
-            &env.guest("initrd.cpio.gz"),
-            "-append",
-            &guest_cmdline(),
-            "-qmp",
-            &format!("unix:{qmp},server=on,wait=off"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        args: qemu_guest_args(env, machine, GUEST_MEM, vcpus, &guest_cmdline(), &qmp),
         event_log: None,
         control: ControlSocket::Qmp(qmp.clone()),
     };
@@ -329,45 +297,19 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let qemu_args: Vec<String> = [
-        "-L",
-        "/usr/share/qemu",
-        "-L",
-        "/usr/share/seabios",
-        "-M",
-        "q35",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        GUEST_MEM,
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-kernel",
-        &env.guest("vmlinux"),
-        "-initrd",
-        &env.guest("initrd.cpio.gz"),
-        "-append",
-        cmdline,
-        "-drive",
-        &format!("file={},if=none,id=d0,format=raw", img.display()),
-        "-device",
-        "virtio-blk-pci,drive=d0",
-        "-device",
-        "virtio-rng-pci",
-        "-qmp",
-        &format!("unix:{qmp},server=on,wait=off"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut qemu_args = qemu_guest_args(env, "q35", GUEST_MEM, 1, cmdline, &qmp);
+    qemu_args.extend(
+        [
+            "-drive",
+            &format!("file={},if=none,id=d0,format=raw", img.display()),
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-device",
+            "virtio-rng-pci",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let runs = [
         (
             "caravel",
@@ -437,4 +379,50 @@ pub fn run_blk(env: &Env, secs: u32, prefix: &str) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(&img);
     Ok(())
+}
+
+/// QEMU's command line for the rig's Linux guest: `machine` with KVM and
+/// the host CPU, `mem` and `vcpus`, the kernel and initramfs, the console
+/// on stdio and QMP on `qmp`. Callers add their devices.
+pub fn qemu_guest_args(
+    env: &Env,
+    machine: &str,
+    mem: &str,
+    vcpus: u32,
+    cmdline: &str,
+    qmp: &str,
+) -> Vec<String> {
+    [
+        "-L",
+        "/usr/share/qemu",
+        "-L",
+        "/usr/share/seabios",
+        "-M",
+        machine,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        mem,
+        "-smp",
+        &vcpus.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        &env.guest("vmlinux"),
+        "-initrd",
+        &env.guest("initrd.cpio.gz"),
+        "-append",
+        cmdline,
+        "-qmp",
+        &format!("unix:{qmp},server=on,wait=off"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

@@ -124,43 +124,18 @@ pub fn run(env: &Env, prefix: &str) -> Result<(), String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let qemu_args: Vec<String> = [
-        "-L",
-        "/usr/share/qemu",
-        "-L",
-        "/usr/share/seabios",
-        "-M",
-        "q35",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host",
-        "-m",
-        "256M,maxmem=1280M",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-kernel",
-        &env.guest("vmlinux"),
-        "-initrd",
-        &env.guest("initrd.cpio.gz"),
-        "-append",
-        cmdline,
-        "-object",
-        "memory-backend-ram,id=vmem0,size=1G",
-        "-device",
-        "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=0",
-        "-qmp",
-        &format!("unix:{qmp},server=on,wait=off"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut qemu_args =
+        crate::bench::qemu_guest_args(env, "q35", "256M,maxmem=1280M", 1, cmdline, &qmp);
+    qemu_args.extend(
+        [
+            "-object",
+            "memory-backend-ram,id=vmem0,size=1G",
+            "-device",
+            "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     let sock2 = sock.clone();
     let qmp2 = qmp.clone();
     let mut results = vec![];
