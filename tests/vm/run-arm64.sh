@@ -4,6 +4,8 @@
 # in-kernel vGICv3 and vITS; Caravel's static aarch64 build runs inside and
 # boots the tiny arm64 guest. Prints caravel-rig --arm64's TAP.
 # Usage: tests/vm/run-arm64.sh [SCENARIO...]
+#        tests/vm/run-arm64.sh -g its          the ITS group (kvm-unit-tests' name): the
+#                                              guest ITS tests and the ITS save/restore
 #        tests/vm/run-arm64.sh --exec 'CMDS'   run shell commands in the outer VM
 # Env:   CARAVEL_CACHE, RIG_TIMEOUT (default 1200), RIG_MEM (MiB, default 2048)
 source "$(dirname "$0")/lib.sh"
@@ -35,6 +37,11 @@ cp "$ITS_GUEST" "$ROOT/guest/its-tests.img"
 cp "$RIG_DIR/l1-init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 mknod -m 600 "$ROOT/dev/console" c 5 1
 ARGS=--arm64
+if [ "${1:-}" = -g ]; then
+  [ "${2:-}" = its ] || die "unknown group '${2:-}' (known: its)"
+  set -- arm64-its-save-decode-restore arm64-its-introspection arm64-its-trigger \
+    arm64-its-migration arm64-its-pending-migration arm64-its-migrate-unmapped-collection
+fi
 if [ "${1:-}" = --exec ]; then
   printf '%s\n' "$2" > "$ROOT/rig-exec.sh"
 elif [ $# -gt 0 ]; then
