@@ -138,19 +138,7 @@ fn its_snapshot(env: &Env) -> Result<String, String> {
     let events: usize = d.devices.values().map(|dv| dv.events.len()).sum();
 
     // Restore into a fresh VM holding a copy of guest memory.
-    let copy_into = |to: &vmm::Vm| -> Result<(), String> {
-        let mut buf = vec![0u8; 1 << 20];
-        for off in (0..(256u64 << 20)).step_by(1 << 20) {
-            let a = GuestAddress(0x4000_0000 + off);
-            vm.memory()
-                .read_slice(&mut buf, a)
-                .map_err(|e| e.to_string())?;
-            to.memory()
-                .write_slice(&buf, a)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
+    let copy_into = |to: &vmm::Vm| vmm::memory::copy_guest_memory(vm.memory(), to.memory());
     let vm2 = vmm::Vm::new(&cfg, Box::new(std::io::sink()), None, None).map_err(e)?;
     copy_into(&vm2)?;
     vm2.its_restore(&st).map_err(e)?;

@@ -122,10 +122,7 @@ impl Platform {
         self.gic
             .get(GRP_REDIST_REGS, Self::redist_attr(mpidr, offset))
             .map(|v| v as u32)
-            .map_err(|errno| Error::Io {
-                what: format!("reading GICR register {offset:#x}"),
-                source: std::io::Error::from_raw_os_error(errno),
-            })
+            .map_err(gic_err(format!("reading GICR register {offset:#x}")))
     }
 
     fn redist_set32(&self, mpidr: u64, offset: u64, v: u32) -> Result<()> {
@@ -214,11 +211,23 @@ pub fn legacy_devices(
         .map_err(|e| Error::Memory(format!("cannot place the UART: {e}")))
 }
 
-fn gic_set(dev: &DeviceFd, group: u32, attr: u64, value: Option<u64>, what: &str) -> Result<()> {
-    dev.set(group, attr, value).map_err(|errno| Error::Io {
+/// Turns a failed GIC attribute access (an errno) into an error saying `what`.
+pub(crate) fn gic_err(what: String) -> impl FnOnce(i32) -> Error {
+    move |errno| Error::Io {
         what: format!("GICv3 {what}"),
         source: std::io::Error::from_raw_os_error(errno),
-    })
+    }
+}
+
+pub(crate) fn gic_set(
+    dev: &DeviceFd,
+    group: u32,
+    attr: u64,
+    value: Option<u64>,
+    what: &str,
+) -> Result<()> {
+    dev.set(group, attr, value)
+        .map_err(gic_err(what.to_string()))
 }
 
 /// Creates and initialises the vCPUs, then the GICv3 and its ITS (the GIC

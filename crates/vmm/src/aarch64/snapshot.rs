@@ -13,7 +13,7 @@
 use kvm_bindings::{kvm_mp_state, RegList};
 use kvm_ioctls::VcpuFd;
 
-use super::platform::{ItsState, Platform, GIC_NR_IRQS};
+use super::platform::{gic_err, gic_set, ItsState, Platform, GIC_NR_IRQS};
 use crate::{Error, Result};
 
 /// One vCPU.
@@ -171,13 +171,6 @@ fn icc_regs() -> impl Iterator<Item = (u64, &'static str)> {
 }
 
 impl Platform {
-    fn attr_err(what: String) -> impl FnOnce(i32) -> Error {
-        move |errno| Error::Io {
-            what,
-            source: std::io::Error::from_raw_os_error(errno),
-        }
-    }
-
     /// Saves the distributor, redistributors (SGI/PPI part) and CPU
     /// interfaces. The vCPUs must be stopped.
     pub fn save_gic(&self) -> Result<GicState> {
@@ -185,7 +178,7 @@ impl Platform {
         let mut dist = Vec::new();
         for off in dist_offsets() {
             let v = DeviceAttrs::get(&self.gic, GRP_DIST_REGS, off)
-                .map_err(Self::attr_err(format!("reading GICD register {off:#x}")))?;
+                .map_err(gic_err(format!("reading GICD register {off:#x}")))?;
             dist.push((off, v as u32));
         }
         let mut redist = Vec::with_capacity(self.mpidrs.len());
@@ -194,7 +187,7 @@ impl Platform {
             let mut r = Vec::new();
             for off in redist_offsets() {
                 let v = DeviceAttrs::get(&self.gic, GRP_REDIST_REGS, Self::redist_attr(mpidr, off))
-                    .map_err(Self::attr_err(format!("reading GICR register {off:#x}")))?;
+                    .map_err(gic_err(format!("reading GICR register {off:#x}")))?;
                 r.push((off, v as u32));
             }
             redist.push(r);
@@ -205,7 +198,7 @@ impl Platform {
                     // Active-priority registers past the implemented
                     // priority bits do not exist.
                     Err(libc::EINVAL) if name.contains("_AP") => {}
-                    Err(errno) => return Err(Self::attr_err(format!("reading {name}"))(errno)),
+                    Err(errno) => return Err(gic_err(format!("reading {name}"))(errno)),
                 }
             }
             cpu_sysregs.push(c);
@@ -263,9 +256,13 @@ impl Platform {
     }
 
     fn gic_set_attr(&self, group: u32, attr: u64, v: u64, what: impl Fn() -> String) -> Result<()> {
-        use its::kvm::DeviceAttrs;
-        DeviceAttrs::set(&self.gic, group, attr, Some(v))
-            .map_err(|errno| Self::attr_err(format!("restoring {}", what()))(errno))
+        gic_set(
+            &self.gic,
+            group,
+            attr,
+            Some(v),
+            &format!("restoring {}", what()),
+        )
     }
 
     /// The whole state besides guest memory; `vcpus` stopped, in order.
