@@ -4,8 +4,11 @@
 # Extra (static) binaries are copied to /bin (guest-side tools such as caravel-blkbench).
 source "$(dirname "$0")/lib.sh"
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-[ -x "$BUSYBOX" ] || die "$BUSYBOX missing: apt-get install busybox-static"
-file -L "$BUSYBOX" | grep -q 'statically linked' || die "$BUSYBOX is not static: apt-get install busybox-static"
+for tool in cpio gzip file; do
+  command -v $tool >/dev/null || die "$tool missing (the initramfs needs it): scripts/setup rig"
+done
+[ -x "$BUSYBOX" ] || die "$BUSYBOX missing: scripts/setup rig (Debian package busybox-static)"
+file -L "$BUSYBOX" | grep -q 'statically linked' || die "$BUSYBOX is not static: scripts/setup rig (Debian package busybox-static)"
 # A foreign busybox (arm64) lists its applets under qemu-user.
 applets() { "$BUSYBOX" --list 2>/dev/null || qemu-aarch64 "$BUSYBOX" --list; }
 KEY=$(hash_of "$RIG_DIR/guest/init.sh" "$0" "$BUSYBOX" "$@")
@@ -20,6 +23,6 @@ cp "$RIG_DIR/guest/init.sh" "$ROOT/init"; chmod +x "$ROOT/init"
 for extra in "$@"; do cp "$extra" "$ROOT/bin/"; done
 # Without /dev/console the output of /init is lost (devtmpfs is not mounted yet).
 mknod -m 600 "$ROOT/dev/console" c 5 1
-(cd "$ROOT" && find . | cpio -o -H newc 2>/dev/null | gzip -9) > "$OUT.tmp"
+(cd "$ROOT" && find . | cpio --quiet -o -H newc | gzip -9) > "$OUT.tmp" || die "packing the initramfs with cpio failed"
 mv "$OUT.tmp" "$OUT"
 echo "$OUT"

@@ -7,7 +7,10 @@ source "$(dirname "$0")/lib.sh"
 ARCH_NAME=${1:-x86_64}
 FRAG=$RIG_DIR/guest/$ARCH_NAME.fragment
 [ -f "$FRAG" ] || die "no fragment $FRAG"
-[ -f "$LINUX_SRC_TARBALL" ] || die "$LINUX_SRC_TARBALL missing: apt-get install linux-source-6.1"
+[ -f "$LINUX_SRC_TARBALL" ] || die "$LINUX_SRC_TARBALL missing: scripts/setup rig (Debian package linux-source-6.1)"
+for tool in make gcc flex bison bc; do
+  command -v $tool >/dev/null || die "$tool missing (the kernel build needs it): scripts/setup rig"
+done
 # Bump RECIPE when the build steps below change in a way that changes the output.
 RECIPE=1
 KEY=$(hash_of "$FRAG" <(echo "$RECIPE") <(ls -l "$LINUX_SRC_TARBALL"))
@@ -29,16 +32,16 @@ if [ ! -d "$WORK/linux-source-6.1" ]; then
 fi
 cd "$WORK/linux-source-6.1"
 # ARCH=x86_64 matters: without it x86 tinyconfig is an i386 kernel.
-make -s "${MAKE_ARCH[@]}" tinyconfig >/dev/null 2>&1
+run_logged "kernel-$ARCH_NAME-tinyconfig" make -s "${MAKE_ARCH[@]}" tinyconfig
 grep -E '^CONFIG_[A-Z0-9_]+=[yn]$' "$FRAG" | while IFS== read -r sym val; do
   if [ "$val" = y ]; then scripts/config -e "${sym#CONFIG_}"; else scripts/config -d "${sym#CONFIG_}"; fi
 done
-make -s "${MAKE_ARCH[@]}" olddefconfig >/dev/null 2>&1
+run_logged "kernel-$ARCH_NAME-olddefconfig" make -s "${MAKE_ARCH[@]}" olddefconfig
 # olddefconfig silently drops options whose dependencies are unmet: check each.
 missing=$(grep -E '^CONFIG_[A-Z0-9_]+=y$' "$FRAG" | while read -r line; do grep -qx "$line" .config || echo "$line"; done)
 [ -z "$missing" ] || die "options that did not stick: $missing"
-log "building the $ARCH_NAME guest kernel ($(nproc) jobs, about 2.5 minutes on 2 cores)"
-make -s -j"$(nproc)" "${MAKE_ARCH[@]}" $TARGET >/dev/null
+log "building the $ARCH_NAME guest kernel ($(nproc) jobs, about 4 minutes on 2 busy cores)"
+run_logged "kernel-$ARCH_NAME-build" make -s -j"$(nproc)" "${MAKE_ARCH[@]}" $TARGET
 if [ $ARCH_NAME = x86_64 ]; then
   readelf -n vmlinux | grep -q 'Unknown note type: (0x00000012)' || die "vmlinux has no PVH entry note"
 fi

@@ -5,9 +5,6 @@
 # arm64 Image) and a static busybox for the outer VM and the guest.
 # Usage: fetch-arm64.sh -> prints a directory with Image and busybox
 source "$(dirname "$0")/lib.sh"
-PKG=${L1_ARM64_KERNEL_PKG:-linux-image-6.1.0-56-cloud-arm64}
-OUT=$CACHE/arm64-$PKG
-if [ -f "$OUT/Image" ] && [ -x "$OUT/busybox" ]; then echo "$OUT"; exit 0; fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/apt/lists/partial" "$TMP/apt/cache/archives/partial" "$TMP/debs"
@@ -21,10 +18,14 @@ APT=(-o APT::Architecture=arm64 -o APT::Architectures=arm64
      -o Dir::State::Lists="$TMP/apt/lists" -o Dir::Cache="$TMP/apt/cache"
      -o Dir::State::status=/dev/null -o Debug::NoLocking=1)
 [ "$(id -u)" = 0 ] && APT+=(-o APT::Sandbox::User=root)
+run_logged apt-arm64-update apt-get "${APT[@]}" update
+# The kernel linux-image-cloud-arm64 depends on (its ABI number moves), unless given.
+PKG=${L1_ARM64_KERNEL_PKG:-$(kernel_pkg_of linux-image-cloud-arm64 'linux-image-6\.1\.0-[0-9]*-cloud-arm64' \
+      linux-image-6.1.0-57-cloud-arm64 "${APT[@]}")}
+OUT=$CACHE/arm64-$PKG
+if [ -f "$OUT/Image" ] && [ -x "$OUT/busybox" ]; then echo "$OUT"; exit 0; fi
 log "fetching $PKG and busybox-static for arm64"
-apt-get "${APT[@]}" update >/dev/null 2>&1 || die "apt-get update (arm64) failed"
-(cd "$TMP/debs" && apt-get "${APT[@]}" download "$PKG" busybox-static >/dev/null 2>&1) \
-  || die "apt-get download $PKG busybox-static (arm64) failed"
+(cd "$TMP/debs" && run_logged apt-arm64-download apt-get "${APT[@]}" download "$PKG" busybox-static)
 for d in "$TMP"/debs/*.deb; do dpkg-deb -x "$d" "$TMP/x"; done
 mkdir -p "$OUT.tmp"
 cp "$TMP"/x/boot/vmlinuz-* "$OUT.tmp/Image"

@@ -4,12 +4,15 @@
 # the VFIO modules (for the VFIO rig, tests/vm/run.sh --vfio).
 # Usage: fetch-l1-kernel.sh -> prints a directory with vmlinux and mod/*.ko
 source "$(dirname "$0")/lib.sh"
+# The kernel linux-image-amd64 depends on (its ABI number moves), unless given.
+L1_KERNEL_PKG=${L1_KERNEL_PKG:-$(kernel_pkg_of linux-image-amd64 'linux-image-6\.1\.0-[0-9]*-amd64' linux-image-6.1.0-57-amd64)}
 OUT=$CACHE/l1-$L1_KERNEL_PKG
 if [ -f "$OUT/vmlinux" ] && [ -f "$OUT/mod/kvm-amd.ko" ] && [ -f "$OUT/mod/vfio-pci.ko" ]; then echo "$OUT"; exit 0; fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 log "downloading $L1_KERNEL_PKG"
-(cd "$TMP" && apt-get download "$L1_KERNEL_PKG" >/dev/null 2>&1) || die "apt-get download $L1_KERNEL_PKG failed (run apt-get update?)"
+(cd "$TMP" && apt-get download "$L1_KERNEL_PKG" > "$TMP/apt.log" 2>&1) \
+  || { cat "$TMP/apt.log" >&2; die "apt-get download $L1_KERNEL_PKG failed (run apt-get update?)"; }
 dpkg-deb -x "$TMP"/*.deb "$TMP/x"
 KSRC=$CACHE/kbuild-x86_64/linux-source-6.1
 [ -x "$KSRC/scripts/extract-vmlinux" ] || { mkdir -p "$TMP/src"; tar -C "$TMP/src" -xJf "$LINUX_SRC_TARBALL" linux-source-6.1/scripts; KSRC=$TMP/src/linux-source-6.1; }

@@ -20,9 +20,24 @@ elif [ -c /dev/kvm ] && [ -f /rig-selftests ]; then
   ( /bin/caravel-selftests $($B cat /rig-selftests); echo "$?" > /tmp/selftests.rc ) 2>&1 | $B sed 's/^/RIG| /'
   echo "RIG-END rc=$($B cat /tmp/selftests.rc)"
 elif [ -c /dev/kvm ] && $B grep -q 'rig.demo' /proc/cmdline; then
-  echo "Outer VM up; starting: caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M"
-  /bin/caravel --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 --memory size=256M \
-    --cmdline "console=ttyS0 caravel.test=shell"
+  # A second shell of the outer VM on its second serial port, which run.sh
+  # puts on a Unix socket (tests/vm/run.sh --demo-shell attaches to it).
+  [ -c /dev/ttyS1 ] && $B setsid sh -c 'exec /bin/sh -i </dev/ttyS1 >/dev/ttyS1 2>&1' &
+  $B dd if=/dev/zero of=/tmp/disk.img bs=1M count=64 2>/dev/null
+  set -- --kernel /guest/bzImage --initramfs /guest/initrd.cpio.gz --cpus boot=2 \
+    --memory size=256M,hotplug_size=1G --disk path=/tmp/disk.img --serial off --console tty \
+    --api-socket /tmp/caravel.sock \
+    --cmdline "console=hvc0 quiet memhp_default_state=online_movable caravel.test=shell"
+  echo "Outer VM up; starting: caravel $*"
+  echo "The guest's console (hvc0) follows. For a second shell in the outer VM, run"
+  echo "  tests/vm/run.sh --demo-shell"
+  echo "in another terminal of this machine, and there try:"
+  echo "  caravel-remote --api-socket /tmp/caravel.sock info"
+  echo "  caravel-remote --api-socket /tmp/caravel.sock resize --memory 768M --wait"
+  echo "  caravel-remote --api-socket /tmp/caravel.sock counters"
+  echo "  caravel-remote --api-socket /tmp/caravel.sock shutdown"
+  echo "The guest's disk is /dev/vda. In the guest, 'poweroff -f' ends the demo."
+  /bin/caravel "$@"
   echo "caravel exited with status $?"
 elif [ -c /dev/kvm ]; then
   echo

@@ -12,8 +12,10 @@ source "$(dirname "$0")/lib.sh"
 RIG_TIMEOUT=${RIG_TIMEOUT:-1200}
 RIG_MEM=${RIG_MEM:-2048}
 TARGET=aarch64-unknown-linux-gnu
-command -v qemu-system-aarch64 >/dev/null || die "qemu-system-aarch64 missing: apt-get install qemu-system-arm"
-command -v aarch64-linux-gnu-gcc >/dev/null || die "aarch64-linux-gnu-gcc missing: apt-get install gcc-aarch64-linux-gnu"
+# Every tool, file and Rust target the steps below need (the guest kernel's
+# cross compiler, aarch64-unknown-none-softfloat for the ITS guest, ...),
+# checked before anything is built.
+require_setup arm64
 
 log "building static aarch64 caravel binaries"
 (cd "$REPO_DIR" && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
@@ -47,7 +49,7 @@ if [ "${1:-}" = --exec ]; then
 elif [ $# -gt 0 ]; then
   ARGS="--arm64,$(IFS=,; echo "$*")"
 fi
-(cd "$ROOT" && find . | cpio -o -H newc 2>/dev/null) > "$ROOT.cpio"
+(cd "$ROOT" && find . | cpio --quiet -o -H newc) > "$ROOT.cpio" || die "packing the outer VM's initramfs failed"
 
 LOG=$(mktemp)
 trap 'rm -rf "$ROOT" "$ROOT.cpio" "$LOG"' EXIT
@@ -57,5 +59,6 @@ timeout --foreground -k 10 "$RIG_TIMEOUT" qemu-system-aarch64 -M virt,virtualiza
   -kernel "$A/Image" -initrd "$ROOT.cpio" -append "console=ttyAMA0 panic=-1 quiet rig.args=$ARGS" 2>&1 \
   | stdbuf -oL tr -d '\r' | tee "$LOG" | stdbuf -oL sed -n 's/^RIG| //p'
 grep -q '^RIG-END rc=0' "$LOG" && exit 0
+grep -q 'Kernel panic - not syncing' "$LOG" && { grep -A 12 'Kernel panic - not syncing' "$LOG" | head -n 20 >&2; die "the arm64 outer kernel panicked (see above)"; }
 grep -q '^RIG-END' "$LOG" || { log "the arm64 outer VM did not finish; last output:"; tail -n 30 "$LOG" >&2; }
 exit 1

@@ -5,13 +5,16 @@
 #
 # Usage: tests/vm/run.sh [SCENARIO...]   run scenarios (default: all; caravel-rig --list shows them)
 #        tests/vm/run.sh --demo          boot a guest with Caravel and attach its console to this terminal
+#                                        (installs what it needs first: scripts/setup rig)
+#        tests/vm/run.sh --demo-shell    a second shell in the running demo's outer VM (caravel-remote)
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --selftests [ARGS]  caravel-selftests ARGS against the outer VM's real KVM (TAP)
 #        tests/vm/run.sh --vfio [SCENARIO...] SR-IOV + VF tokens through vfio-pci: the outer VM is a q35
 #                                        with emulated VT-d and an igb NIC (QEMU 10 from bookworm-backports)
-#        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as usual)
+#        tests/vm/run.sh --exec 'CMDS'   run shell commands in the outer VM (debugging; /bin and /guest as
+#                                        usual; CMDS may span lines: they travel in a file, not on the cmdline)
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
@@ -24,7 +27,17 @@ RIG_CPU=${RIG_CPU:-EPYC,+svm,+npt}
 RIG_SMP=${RIG_SMP:-1}
 RIG_MEM=${RIG_MEM:-4096}
 TARGET=x86_64-unknown-linux-gnu
-command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
+DEMO_SHELL_SOCK=$CACHE/demo-shell.sock
+case "${1:-}" in
+  --demo-shell)
+    [ -S "$DEMO_SHELL_SOCK" ] || die "no demo running (no $DEMO_SHELL_SOCK): start tests/vm/run.sh --demo first"
+    require_setup rig
+    log "attached to the demo's outer VM (a root shell; Ctrl-] leaves it)"
+    exec socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:"$DEMO_SHELL_SOCK" ;;
+  --demo) "$REPO_DIR/scripts/setup" rig >&2 ;;
+esac
+# Every tool and file the steps below need, checked before anything is built.
+require_setup rig
 
 log "building static caravel binaries"
 (cd "$REPO_DIR" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --target $TARGET \
@@ -65,14 +78,21 @@ if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-
   for l in $(ldd /usr/bin/qemu-system-x86_64 | grep -o '/[^ ]*'); do mkdir -p "$ROOT$(dirname "$l")"; cp -L "$l" "$ROOT$l"; done
   cp -rL /usr/share/qemu /usr/share/seabios "$ROOT/usr/share/"
 fi
-(cd "$ROOT" && find . | cpio -o -H newc 2>/dev/null) > "$ROOT.cpio"
+(cd "$ROOT" && find . | cpio --quiet -o -H newc) > "$ROOT.cpio" || die "packing the outer VM's initramfs failed"
 trap 'rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
 
 if [ "${1:-}" = --demo ]; then
   log "booting the outer VM; Caravel's guest console follows (guest: poweroff -f; QEMU: Ctrl-A x)"
+  # The guest's firmware-less boot leaves line wrapping off (ESC[?7l) and the
+  # terminal may be raw: put both back however the demo ends.
+  restore_tty() { printf '\033[?7h'; [ -t 0 ] && stty sane 2>/dev/null; rm -f "$DEMO_SHELL_SOCK"; }
+  trap 'restore_tty; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
+  rm -f "$DEMO_SHELL_SOCK"
+  rc=0
   qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" -nographic -no-reboot \
-    -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo"
-  exit $?
+    -serial mon:stdio -serial unix:"$DEMO_SHELL_SOCK",server=on,wait=off \
+    -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo" || rc=$?
+  exit $rc
 fi
 QEMU=qemu-system-x86_64
 MACHINE=()
@@ -88,6 +108,7 @@ case "${1:-}" in
   --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
   --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
   --bench-mem) ARGS="--bench-mem" ;;
+  --exec) ARGS="--exec" ;;   # the commands are in /rig-exec.sh: the kernel command line holds no script
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac
 boot_outer() {
@@ -121,6 +142,12 @@ for attempt in 1 2; do
   boot_outer
   if grep -q '^RIG-END rc=0' "$RUN_LOG"; then exit 0; fi
   if grep -q '^RIG-END' "$RUN_LOG"; then exit 1; fi
+  # A panic of the outer kernel is reported as one (with its reason), not as a wedge.
+  if grep -q 'Kernel panic - not syncing' "$RUN_LOG"; then
+    log "the outer VM's kernel panicked:"
+    grep -A 12 'Kernel panic - not syncing' "$RUN_LOG" | head -n 20 >&2
+    die "outer kernel panic (see above); not retried"
+  fi
   # No end marker: the outer VM wedged or timed out (a known TCG + nested-KVM
   # hazard, see tests/vm/README.md). That is not a Caravel result: retry once.
   log "the outer VM did not finish (wedge or timeout); last output:"

@@ -62,13 +62,21 @@ pub struct Args {
     #[arg(long, value_name = "boot=N", default_value = "boot=1")]
     pub cpus: String,
 
-    /// Guest RAM: size=SIZE[,hotplug_size=SIZE[,hotplugged_size=SIZE][,block_size=SIZE]]
-    /// [,shared=on][,hugepages=on]. Sizes take K, M, G or T. hotplug_size adds a
-    /// virtio-mem region (a multiple of 128M) resizable at run time with
-    /// caravel-remote resize; hotplugged_size is plugged at boot; block_size
-    /// (a power of two, default 2M) is the plug granularity. shared=on backs
-    /// memory with a memfd, hugepages=on with hugetlbfs (2M pages).
-    #[arg(long, value_name = "size=SIZE[,..]", default_value = "size=512M")]
+    /// Guest RAM and its virtio-mem hotplug region (see `--help`).
+    #[arg(
+        long,
+        value_name = "size=SIZE[,..]",
+        default_value = "size=512M",
+        help = "Guest RAM: size=SIZE[,hotplug_size=SIZE[,hotplug_method=virtio-mem]\
+                [,hotplugged_size=SIZE][,block_size=SIZE]][,shared=on][,hugepages=on]. \
+                Sizes take K, M, G or T. hotplug_size adds a virtio-mem region (a multiple \
+                of 128M) resizable at run time with caravel-remote resize (the guest needs \
+                memhp_default_state=online_movable on its command line to give memory back); \
+                hotplug_method=virtio-mem is the default and only method; hotplugged_size is \
+                plugged at boot; block_size (a power of two, default 2M) is the plug \
+                granularity. shared=on backs memory with a memfd, hugepages=on with \
+                hugetlbfs (2M pages)."
+    )]
     pub memory: String,
 
     /// COM1 output: tty (stdin/stdout; raw mode on a terminal), off, or file=PATH.
@@ -80,16 +88,24 @@ pub struct Args {
     #[arg(long, value_name = "tty|off|file=PATH", default_value = "off")]
     pub console: String,
 
-    /// A virtio-blk disk backed by a raw image: path=PATH[,readonly=on][,id=SERIAL].
-    /// Repeat for more disks (the guest sees vda, vdb, ...).
-    #[arg(long, value_name = "path=PATH[,readonly=on]")]
+    /// virtio-blk disks backed by raw images (see `--help`).
+    #[arg(
+        long,
+        value_name = "path=PATH[,readonly=on]",
+        help = "A virtio-blk disk backed by a raw image: path=PATH[,readonly=on][,id=SERIAL]. \
+                Repeat for more disks (the guest sees vda, vdb, ...)."
+    )]
     pub disk: Vec<String>,
 
-    /// A host PCI device passed through with VFIO:
-    /// path=/sys/bus/pci/devices/BDF[,vf_token=UUID][,id=NAME]. The device must
-    /// be bound to vfio-pci; a VF of a PF that vfio-pci owns needs the token its
-    /// PF owner set (caravel-sriov enable --vf-token). Repeatable.
-    #[arg(long, value_name = "path=PATH[,vf_token=UUID]")]
+    /// Host PCI devices passed through with VFIO (see `--help`).
+    #[arg(
+        long,
+        value_name = "path=PATH[,vf_token=UUID]",
+        help = "A host PCI device passed through with VFIO: \
+                path=/sys/bus/pci/devices/BDF[,vf_token=UUID][,id=NAME]. The device must \
+                be bound to vfio-pci; a VF of a PF that vfio-pci owns needs the token its \
+                PF owner set (caravel-sriov enable --vf-token). Repeatable."
+    )]
     pub device: Vec<String>,
 
     /// A virtio-rng device fed by the host's getrandom(2).

@@ -1,5 +1,5 @@
 //! ITS commands: 32 bytes, four little-endian doublewords, command number in
-//! DW0[7:0] (Arm IHI 0069, "ITS commands").
+//! `DW0[7:0]` (Arm IHI 0069, "ITS commands").
 
 /// A decoded command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -97,7 +97,7 @@ pub fn baser_writable(n: usize) -> u64 {
     }
 }
 
-/// Base address of a table (64 KiB pages: PA[47:16] in place, PA[51:48] in [15:12]).
+/// Base address of a table (64 KiB pages: `PA[47:16]` in place, `PA[51:48]` in `[15:12]`).
 pub fn baser_addr(baser: u64) -> u64 {
     (baser & 0x0000_ffff_ffff_0000) | ((baser & 0xf000) << 36)
 }
@@ -123,7 +123,7 @@ pub fn cbaser_size(cbaser: u64) -> u64 {
     ((cbaser & 0xff) + 1) * 4096
 }
 
-/// Offset field of CWRITER/CREADR ([19:5]).
+/// Offset field of CWRITER/CREADR (bits `[19:5]`).
 pub const QUEUE_OFFSET_MASK: u64 = 0xf_ffe0;
 
 /// ID registers 0xffd0..=0xfffc as KVM reports them (PIDR4..PIDR7, PIDR0..PIDR3, CIDR0..CIDR3).

@@ -19,6 +19,8 @@ pub mod kvm_stats;
 pub mod memory;
 mod pci_segment;
 mod platform;
+#[doc(hidden)]
+pub mod test_support;
 mod vcpu;
 mod vfio_pci;
 mod vm;

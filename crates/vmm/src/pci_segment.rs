@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn a_moved_bar_takes_its_mmio_range_and_ioeventfds_along() {
         let Some(vm) = kvm_vm() else {
-            eprintln!("skipped: /dev/kvm is not available");
+            crate::test_support::skip_or_fail("a_moved_bar...", "no KVM VM with an irqchip");
             return;
         };
         let pio = Arc::new(Bus::new());

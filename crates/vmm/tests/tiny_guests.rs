@@ -118,15 +118,7 @@ guest_asm::guest_code!(
 );
 
 fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipped: /dev/kvm is not available to this user");
-    }
-    ok
+    vmm::test_support::kvm_usable("tiny guest test")
 }
 
 #[derive(Clone, Default)]

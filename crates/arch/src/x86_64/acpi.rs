@@ -3,7 +3,7 @@
 //!
 //! Power management is hardware-reduced: the FADT points the sleep control,
 //! sleep status and reset registers at the I/O ports of
-//! [`ACPI_PM_PORT`](super::layout::ACPI_PM_PORT), and the DSDT's `\_S5_` gives
+//! [`super::layout::ACPI_PM_PORT`], and the DSDT's `\_S5_` gives
 //! the sleep type a guest writes there on poweroff.
 
 use acpi_tables::aml;
