@@ -41,6 +41,15 @@ impl PciBus {
         true
     }
 
+    /// Unplugs every function (VM teardown): configuration accesses then
+    /// read all ones, and the functions are dropped unless held elsewhere.
+    pub fn clear(&self) {
+        self.functions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// First free device number with function 0, from `from`.
     pub fn free_slot(&self, from: u8) -> Option<DevFn> {
         let f = self.functions.read().unwrap_or_else(|e| e.into_inner());

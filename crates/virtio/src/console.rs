@@ -138,7 +138,7 @@ impl QueueHandler for ConsoleHandler {
         if index == TX {
             let out = self.out.clone();
             return match queues.iter_mut().find(|q| q.index == TX) {
-                Some(q) => drain(&mut q.queue, mem, |chain| {
+                Some(q) => drain(q, mem, |chain| {
                     transmit(chain, mem, &out);
                     0
                 }),

@@ -70,7 +70,7 @@ impl QueueHandler for RngHandler {
         mem: &GuestMemoryMmap,
     ) -> bool {
         match queues.first_mut() {
-            Some(q) => drain(&mut q.queue, mem, |chain| handle_request(chain, mem)),
+            Some(q) => drain(q, mem, |chain| handle_request(chain, mem)),
             None => false,
         }
     }

@@ -2,7 +2,7 @@
 //! and ECAM), BAR address allocation, BAR moves and the virtio-pci devices.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::platform::{self, MemoryLayout};
 use devices::Bus;
@@ -41,10 +41,14 @@ struct BarSlot {
 }
 
 /// Moves BARs on the buses and their ioeventfds and memory slots with them.
+///
+/// The buses own the configuration accessors, which own the PCI bus, which
+/// owns this mapper: so the mapper reaches the buses through `Weak` handles
+/// (an owning handle would be a cycle, and a VM would never be freed).
 struct Mapper {
     vm: Arc<VmFd>,
-    mmio: Arc<Bus>,
-    pio: Arc<Bus>,
+    mmio: Weak<Bus>,
+    pio: Weak<Bus>,
     ram: Vec<(u64, u64)>,
     /// Where each BAR really is (a refused move leaves it in place).
     located: Mutex<BTreeMap<(DevFn, u8), u64>>,
@@ -96,6 +100,7 @@ impl BarMapper for Mapper {
         } else {
             &self.mmio
         };
+        let bus = bus.upgrade().ok_or("the VM is being torn down")?;
         bus.relocate(current, mv.new).map_err(|e| e.to_string())?;
         located.insert(key, mv.new);
         if let Some(s) = self
@@ -142,6 +147,7 @@ impl BarMapper for Mapper {
 pub struct PciSegment {
     bus: Arc<PciBus>,
     mapper: Arc<Mapper>,
+    mmio: Arc<Bus>,
     mmio32: AddressAllocator,
     mmio64: AddressAllocator,
     router: Arc<MsiRouter>,
@@ -162,8 +168,8 @@ impl PciSegment {
     ) -> Result<Self> {
         let mapper = Arc::new(Mapper {
             vm,
-            mmio: mmio.clone(),
-            pio: pio.clone(),
+            mmio: Arc::downgrade(&mmio),
+            pio: Arc::downgrade(&pio),
             ram: mem_layout.ram_ranges(),
             located: Mutex::new(BTreeMap::new()),
             ioevents: Mutex::new(BTreeMap::new()),
@@ -206,6 +212,7 @@ impl PciSegment {
         Ok(Self {
             bus,
             mapper,
+            mmio,
             mmio32,
             mmio64,
             router,
@@ -262,8 +269,7 @@ impl PciSegment {
         }
         let dev = Arc::new(Mutex::new(dev));
         let as_pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
-        self.mapper
-            .mmio
+        self.mmio
             .insert(
                 Arc::new(Mutex::new(BarRegion::new(as_pci.clone(), 0))),
                 bar_addr,
@@ -326,8 +332,7 @@ impl PciSegment {
         let dev = Arc::new(Mutex::new(vdev));
         let as_pci: Arc<Mutex<dyn PciDevice>> = dev.clone();
         for b in &bars {
-            self.mapper
-                .mmio
+            self.mmio
                 .insert(
                     Arc::new(Mutex::new(BarRegion::new(as_pci.clone(), b.index))),
                     b.addr,
@@ -376,6 +381,43 @@ impl PciSegment {
     /// The virtio functions: name, address, device.
     pub fn virtio_devices(&self) -> &[(String, DevFn, Arc<Mutex<VirtioPciDevice>>)] {
         &self.virtio
+    }
+
+    /// Stops every device, in the teardown order of a VM whose vCPUs have
+    /// stopped: virtio workers are stopped and joined (they touch guest
+    /// memory), then passed-through devices are released (their interrupts,
+    /// BAR memory slots and, with the last reference to their container,
+    /// their DMA mappings). Every function leaves the PCI bus and the MMIO
+    /// bus, so nothing can reach a stopped device.
+    pub fn shutdown(&mut self) {
+        for (_, _, dev) in self.virtio.drain(..) {
+            dev.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        }
+        let slots =
+            std::mem::take(&mut *self.mapper.slots.lock().unwrap_or_else(|e| e.into_inner()));
+        for s in slots.values() {
+            // The guest is gone: deleting the slot frees KVM's reference to
+            // the device's mapping before the device closes it.
+            let _ = self.mapper.set_slot(s, 0, false);
+        }
+        self.vfio.clear();
+        let located = std::mem::take(
+            &mut *self
+                .mapper
+                .located
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        // Every BAR Caravel places is in an MMIO window.
+        for addr in located.into_values() {
+            self.mmio.remove(addr);
+        }
+        self.mapper
+            .ioevents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.bus.clear();
     }
 }
 

@@ -25,8 +25,12 @@ use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
 
 /// A VM built and ready to start.
 ///
-/// Field order matters: the vCPU and VM fds must close before guest memory is
-/// unmapped, and Rust drops fields in declaration order.
+/// The VM owns its parts as a tree: nothing below it holds an owning
+/// reference back up. Teardown ([`Drop`]) is ordered: vCPU fds close (their
+/// threads were stopped by [`RunningVm`]), device workers are stopped and
+/// joined, passed-through devices release their memory slots, interrupts
+/// and DMA mappings, then the buses, KVM memory slots (with the VM fd) and
+/// finally guest RAM go, in field order.
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
     /// What the architecture keeps (x86: host CPU facts; aarch64: the GIC).
@@ -246,6 +250,16 @@ impl Vm {
             .collect()
     }
 
+    /// Guest address of BAR0 of the virtio device named `id` (as in
+    /// [`Vm::devices`]), for tests that drive a device as a driver would.
+    pub fn virtio_bar0(&self, id: &str) -> Option<u64> {
+        self.pci
+            .virtio_devices()
+            .iter()
+            .find(|(name, _, _)| name == id)
+            .map(|(_, _, dev)| dev.lock().unwrap_or_else(|e| e.into_inner()).bar_addr())
+    }
+
     /// The KVM VM.
     pub fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm_fd
@@ -276,8 +290,18 @@ impl Vm {
         Ok(RunningVm {
             handles,
             stop,
-            vm: self,
+            vm: Some(self),
         })
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.vcpus.clear();
+        self.pci.shutdown();
+        // The virtio-mem device's handle keeps the hotplug backend (memory
+        // slots, DMA targets) alive; the device itself stopped above.
+        self.mem_device = None;
     }
 }
 
@@ -418,74 +442,94 @@ fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMma
 }
 
 /// A VM whose vCPUs are running.
+///
+/// Dropping it (on any path, errors included) stops and joins the vCPU
+/// threads before the [`Vm`] itself is torn down.
 pub struct RunningVm {
     handles: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
-    vm: Vm,
+    /// Always `Some` until [`RunningVm::pause`] takes it out.
+    vm: Option<Vm>,
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
 }
 
 impl RunningVm {
     /// The eventfd that becomes readable when the VM wants to stop.
     pub fn exit_event(&self) -> &EventFd {
-        self.vm.exit.event()
+        self.vm().exit.event()
     }
 
     /// The reason recorded so far, if any.
     pub fn exit_reason(&self) -> Option<ExitReason> {
-        self.vm.exit.get()
+        self.vm().exit.get()
     }
 
     /// Asks the VM to stop with `reason` (unless it already has one).
     pub fn request_exit(&self, reason: ExitReason) {
-        self.vm.exit.set(reason);
+        self.vm().exit.set(reason);
     }
 
     /// COM1, for feeding input.
     pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
-        &self.vm.serial
+        &self.vm().serial
     }
 
     /// Becomes readable when COM1's receive FIFO has drained.
     pub fn serial_input_wanted(&self) -> &EventFd {
-        &self.vm.serial_input_wanted
+        &self.vm().serial_input_wanted
     }
 
     /// Boot RAM in bytes.
     pub fn ram_size(&self) -> u64 {
-        self.vm.ram_size
+        self.vm().ram_size
     }
 
     /// The VM (buses, memory) while it runs.
     pub fn vm(&self) -> &Vm {
-        &self.vm
+        self.vm
+            .as_ref()
+            .expect("a RunningVm holds its Vm until pause() consumes it")
     }
 
-    /// Stops all vCPUs and returns why the VM stopped.
-    pub fn stop(self) -> ExitReason {
+    /// Stops the vCPU threads (if still running) and returns their fds.
+    fn stop_vcpus(&mut self) -> Vec<VcpuFd> {
         self.stop.store(true, Ordering::Release);
-        drop(vcpu::stop_all(self.handles));
-        self.vm.exit.get().unwrap_or(ExitReason::Shutdown)
+        vcpu::stop_all(std::mem::take(&mut self.handles))
+    }
+
+    /// Stops all vCPUs, tears the VM down and returns why it stopped.
+    pub fn stop(mut self) -> ExitReason {
+        drop(self.stop_vcpus());
+        self.vm().exit.get().unwrap_or(ExitReason::Shutdown)
     }
 
     /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state
     /// and the vCPUs, each with its last exit completed) for a snapshot or
     /// inspection.
     pub fn pause(mut self) -> Vm {
-        self.stop.store(true, Ordering::Release);
-        let mut vcpus = vcpu::stop_all(self.handles);
+        let mut vcpus = self.stop_vcpus();
         vcpus.iter_mut().for_each(vcpu::complete_pending_exit);
-        self.vm.vcpus = vcpus;
-        self.vm
+        let mut vm = self
+            .vm
+            .take()
+            .expect("a RunningVm holds its Vm until pause() consumes it");
+        vm.vcpus = vcpus;
+        vm
     }
 
     /// Blocks until the VM wants to stop, then stops it (tests use this).
     pub fn wait(self, timeout: std::time::Duration) -> ExitReason {
         let deadline = std::time::Instant::now() + timeout;
-        while self.vm.exit.get().is_none() && std::time::Instant::now() < deadline {
+        while self.vm().exit.get().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        if self.vm.exit.get().is_none() {
-            self.vm
+        if self.vm().exit.get().is_none() {
+            self.vm()
                 .exit
                 .set(ExitReason::Crash(format!("test timeout after {timeout:?}")));
         }

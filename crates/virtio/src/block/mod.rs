@@ -238,7 +238,7 @@ impl QueueHandler for BlockHandler {
     ) -> bool {
         let disk = &mut self.disk;
         match queues.first_mut() {
-            Some(q) => drain(&mut q.queue, mem, |chain| handle_chain(disk, chain, mem)),
+            Some(q) => drain(q, mem, |chain| handle_chain(disk, chain, mem)),
             None => false,
         }
     }

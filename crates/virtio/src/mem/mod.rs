@@ -282,7 +282,7 @@ impl QueueHandler for MemHandler {
     ) -> bool {
         let shared = self.shared.clone();
         match queues.first_mut() {
-            Some(q) => drain(&mut q.queue, mem, |chain| handle_chain(&shared, chain, mem)),
+            Some(q) => drain(q, mem, |chain| handle_chain(&shared, chain, mem)),
             None => false,
         }
     }

@@ -260,6 +260,12 @@ impl VirtioPciDevice {
             .store(self.common.config_vector, Ordering::Release);
     }
 
+    /// Stops the device for good (VM teardown): its worker is stopped and
+    /// joined, so it no longer touches guest memory when this returns.
+    pub fn shutdown(&mut self) {
+        self.reset();
+    }
+
     fn reset(&mut self) {
         if self.active {
             self.device.reset();
