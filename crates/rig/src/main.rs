@@ -16,6 +16,7 @@ mod capture;
 mod control;
 mod mem_bench;
 mod mem_scenarios;
+mod robust_scenarios;
 mod scenarios;
 mod session;
 mod vfio_scenarios;

@@ -55,6 +55,14 @@ pub const ALL: &[Scenario] = &[
         name: "virtio-mem-no-driver-wait-times-out",
         run: crate::mem_scenarios::no_driver,
     },
+    Scenario {
+        name: "virtio-blk-queue-depth-256-completes",
+        run: crate::robust_scenarios::blk_queue_depth_256,
+    },
+    Scenario {
+        name: "reboot-loop-leaves-fds-threads-rss-flat",
+        run: crate::robust_scenarios::reboot_loop,
+    },
 ];
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -21,26 +21,40 @@ const TX: u16 = 1;
 const QUEUE_SIZE: u16 = 256;
 const CONFIG_LEN: usize = 12;
 const CHUNK: usize = 4096;
+/// Most bytes one transmit request may emit: a chain can name the same
+/// buffer in thousands of (indirect) descriptors; Linux sends at most a few
+/// pages per request.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 
 /// Where console output goes; shared so that the worker and emergency writes
 /// use the same writer.
 pub type ConsoleOutput = Arc<Mutex<Box<dyn Write + Send>>>;
 
-/// Copies the readable bytes of `chain` to `out`, in bounded chunks.
+/// Copies the readable bytes of `chain` to `out`, in chunks, taking the
+/// output lock for one chunk at a time and stopping after
+/// [`MAX_REQUEST_BYTES`]. Returns the bytes emitted.
 pub fn transmit(
     chain: DescriptorChain<&GuestMemoryMmap>,
     mem: &GuestMemoryMmap,
     out: &ConsoleOutput,
-) {
+) -> u64 {
     let mut buf = [0u8; CHUNK];
-    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
+    let mut total = 0u64;
     for d in chain {
         if d.is_write_only() {
             continue;
         }
         let mut off = 0u64;
         while off < u64::from(d.len()) {
-            let n = (u64::from(d.len()) - off).min(CHUNK as u64) as usize;
+            if total >= MAX_REQUEST_BYTES {
+                devices::warn_ratelimited!(
+                    "virtio-console: a transmit request exceeds {MAX_REQUEST_BYTES} bytes; the rest is dropped"
+                );
+                return total;
+            }
+            let n = (u64::from(d.len()) - off)
+                .min(CHUNK as u64)
+                .min(MAX_REQUEST_BYTES - total) as usize;
             if mem
                 .read_slice(&mut buf[..n], GuestAddress(d.addr().0.wrapping_add(off)))
                 .is_err()
@@ -49,13 +63,18 @@ pub fn transmit(
                     "virtio-console: transmit buffer at {:#x} not readable",
                     d.addr().0
                 );
-                return;
+                return total;
             }
-            let _ = w.write_all(&buf[..n]);
+            let _ = out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&buf[..n]);
             off += n as u64;
+            total += n as u64;
         }
     }
-    let _ = w.flush();
+    let _ = out.lock().unwrap_or_else(|e| e.into_inner()).flush();
+    total
 }
 
 struct ConsoleHandler {
@@ -246,7 +265,7 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{chain_of, mem};
+    use crate::test_util::{chain_of, mem, mem_of};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
 
@@ -300,6 +319,28 @@ mod tests {
         );
         transmit(chain, &m, &out);
         assert!(b.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_request_naming_a_buffer_many_times_is_capped() {
+        let m = mem();
+        m.write_slice(&[b'z'; 0x1000], GuestAddress(0x1000))
+            .unwrap();
+        let b = Buf::default();
+        let out: ConsoleOutput = Arc::new(Mutex::new(Box::new(b.clone())));
+        // The same page named by every descriptor of the chain.
+        let descs: Vec<_> = (0..16)
+            .map(|_| RawDescriptor::from(Descriptor::new(0x1000, 0x1000, 0, 0)))
+            .collect();
+        let emitted = transmit(chain_of(&m, &descs), &m, &out);
+        assert_eq!(emitted, 16 * 0x1000, "under the cap, everything goes out");
+        let big = mem_of(8 << 20);
+        let descs = [RawDescriptor::from(Descriptor::new(0, 8 << 20, 0, 0))];
+        let emitted = transmit(chain_of(&big, &descs), &big, &out);
+        assert_eq!(
+            emitted, MAX_REQUEST_BYTES,
+            "an 8 MiB request stops at the cap"
+        );
     }
 
     #[test]

@@ -8,7 +8,12 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// 1 MiB of guest memory at 0.
 pub fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("test memory")
+    mem_of(0x10_0000)
+}
+
+/// `size` bytes of guest memory at 0.
+pub fn mem_of(size: usize) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test memory")
 }
 
 /// A chain made of `descs` (their `next` fields are filled in), with the

@@ -39,6 +39,17 @@ pub struct ApiShared {
     pub memory_device: Option<virtio::mem::MemHandle>,
     /// The running VM's KVM statistics (`vm.counters`).
     pub kvm_stats: Option<Arc<crate::kvm_stats::KvmStats>>,
+    /// Console output dropped because the host did not read (`vm.counters`).
+    pub output_dropped: Option<OutputDropped>,
+}
+
+/// Counters of console bytes the host did not take (the buffer was full).
+#[derive(Debug, Clone)]
+pub struct OutputDropped {
+    /// COM1 / PL011 output, over all boots.
+    pub serial: Arc<std::sync::atomic::AtomicU64>,
+    /// virtio-console output, this boot.
+    pub console: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ApiShared {
@@ -237,15 +248,25 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         "vm.counters" => {
             // Cloud Hypervisor's shape: {group: {counter: value}}; the group
             // here is "kvm", KVM's vCPU statistics summed over vCPUs.
-            let stats = ctx
-                .shared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .kvm_stats
-                .clone();
+            let (stats, dropped) = {
+                let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+                (s.kvm_stats.clone(), s.output_dropped.clone())
+            };
             let mut counters = api::types::VmCounters::new();
             if let Some(s) = stats {
                 counters.insert("kvm".into(), s.sum());
+            }
+            if let Some(d) = dropped {
+                let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                counters.insert(
+                    "console".into(),
+                    [
+                        ("serial_dropped_bytes".to_string(), load(&d.serial)),
+                        ("virtio_console_dropped_bytes".to_string(), load(&d.console)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                );
             }
             json(&counters)
         }
@@ -281,6 +302,7 @@ mod tests {
             boot_size: 256 << 20,
             memory_device: None,
             kvm_stats: None,
+            output_dropped: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))

@@ -4,7 +4,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use vmm_sys_util::terminal::Terminal;
+
+use crate::output::BoundedOutput;
 
 use crate::config::ConsoleConfig;
 use crate::{Error, Result};
@@ -47,26 +52,32 @@ pub fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Opens the output for a console configured as `cfg`; `option` names the flag
-/// in errors.
-pub fn open_output(cfg: &ConsoleConfig, option: &'static str) -> Result<Box<dyn Write + Send>> {
-    Ok(match cfg {
-        ConsoleConfig::Off => Box::new(Sink),
-        ConsoleConfig::Tty => {
-            Box::new(stdout_unbuffered().map_err(Error::io("cannot duplicate stdout"))?)
-        }
-        ConsoleConfig::File(p) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| {
-                    Error::config(
-                        option,
-                        format!("cannot open {} for writing: {e}", p.display()),
-                    )
-                })?,
-        ),
-    })
+/// in errors. Output is buffered (bounded) and written by a thread named
+/// `name` ([`BoundedOutput`]): a host that does not read costs dropped
+/// bytes, counted in `dropped`, never a blocked vCPU.
+pub fn open_output(
+    cfg: &ConsoleConfig,
+    option: &'static str,
+    name: &str,
+    dropped: Arc<AtomicU64>,
+) -> Result<Box<dyn Write + Send>> {
+    let file = match cfg {
+        ConsoleConfig::Off => return Ok(Box::new(Sink)),
+        ConsoleConfig::Tty => stdout_unbuffered().map_err(Error::io("cannot duplicate stdout"))?,
+        ConsoleConfig::File(p) => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                Error::config(
+                    option,
+                    format!("cannot open {} for writing: {e}", p.display()),
+                )
+            })?,
+    };
+    Ok(Box::new(BoundedOutput::new(name, file, dropped).map_err(
+        Error::io("cannot start the console output thread"),
+    )?))
 }
 
 /// Puts stdin in raw mode while alive (when it is a terminal), restoring

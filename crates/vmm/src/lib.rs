@@ -17,6 +17,7 @@ mod hotplug;
 pub mod interrupt;
 pub mod kvm_stats;
 pub mod memory;
+pub mod output;
 mod pci_segment;
 mod platform;
 #[doc(hidden)]

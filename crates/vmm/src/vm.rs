@@ -1,7 +1,7 @@
 //! One boot of a VM: create the KVM VM, guest memory, devices and vCPUs from a
 //! [`VmConfig`], then run the vCPU threads until something stops them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::serial::{SerialDevice, SerialOutput};
@@ -46,6 +46,8 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     events: Option<Arc<EventMonitor>>,
     ram_size: u64,
+    /// Bytes of virtio-console output dropped because the host did not read.
+    console_dropped: Arc<AtomicU64>,
     vm_fd: Arc<VmFd>,
     ram: memory::GuestRam,
 }
@@ -117,7 +119,8 @@ impl Vm {
             &mem_layout,
             router,
         )?;
-        add_virtio_devices(cfg, &mut pci, memory)?;
+        let console_dropped = Arc::new(AtomicU64::new(0));
+        add_virtio_devices(cfg, &mut pci, memory, &console_dropped)?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => {
@@ -204,6 +207,7 @@ impl Vm {
             exit,
             events,
             ram_size: mem_layout.ram_size(),
+            console_dropped,
         })
     }
 
@@ -230,6 +234,11 @@ impl Vm {
     /// KVM's statistics of this VM's vCPUs.
     pub fn kvm_stats(&self) -> Arc<KvmStats> {
         self.kvm_stats.clone()
+    }
+
+    /// Bytes of virtio-console output dropped so far (the host did not read).
+    pub fn console_dropped(&self) -> Arc<AtomicU64> {
+        self.console_dropped.clone()
     }
 
     /// The virtio-mem device, if the VM has a hotplug region.
@@ -393,7 +402,12 @@ fn add_vfio_devices(
     Ok(())
 }
 
-fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMmap) -> Result<()> {
+fn add_virtio_devices(
+    cfg: &VmConfig,
+    pci: &mut PciSegment,
+    mem: &GuestMemoryMmap,
+    console_dropped: &Arc<AtomicU64>,
+) -> Result<()> {
     for (i, d) in cfg.disks.iter().enumerate() {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -423,7 +437,12 @@ fn add_virtio_devices(cfg: &VmConfig, pci: &mut PciSegment, mem: &GuestMemoryMma
         )?;
     }
     if cfg.console != ConsoleConfig::Off {
-        let out = console::open_output(&cfg.console, "--console")?;
+        let out = console::open_output(
+            &cfg.console,
+            "--console",
+            "hvc0-out",
+            console_dropped.clone(),
+        )?;
         let input = (cfg.console == ConsoleConfig::Tty).then_some(0);
         pci.add_virtio(
             "virtio-console",

@@ -6,7 +6,7 @@
 //! fresh [`Vm`] from the same configuration unless `no_reboot` is set.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use api::http::Response;
@@ -106,6 +106,7 @@ impl Vmm {
             boot_size: cfg.memory.size,
             memory_device: None,
             kvm_stats: None,
+            output_dropped: None,
         }));
         // The last vm.resize, carried across guest reboots.
         let mut hotplug_requested: Option<u64> = None;
@@ -122,11 +123,21 @@ impl Vmm {
         let _raw = (cfg.serial == ConsoleConfig::Tty || cfg.console == ConsoleConfig::Tty)
             .then(RawTerminal::enter);
 
+        let serial_dropped = Arc::new(AtomicU64::new(0));
         loop {
-            let out = console::open_output(&cfg.serial, "--serial")?;
+            let out = console::open_output(
+                &cfg.serial,
+                "--serial",
+                "serial-out",
+                serial_dropped.clone(),
+            )?;
             let vm = Vm::new(cfg, out, events.clone(), hotplug_requested)?;
             {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                s.output_dropped = Some(crate::api_server::OutputDropped {
+                    serial: serial_dropped.clone(),
+                    console: vm.console_dropped(),
+                });
                 s.state = VmState::Running;
                 s.boot_count += 1;
                 s.devices = vm.devices();

@@ -299,6 +299,62 @@ fn a_halted_guest_is_stopped_on_request() {
     assert_eq!(running.stop(), ExitReason::Shutdown);
 }
 
+/// COM1 output into a pipe that nobody reads: the guest keeps writing, and
+/// the VM still stops when asked (output is dropped and counted instead of
+/// blocking the vCPU in write(2)).
+#[test]
+fn a_host_that_never_reads_the_serial_port_does_not_block_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    guest_asm::guest_code!(
+        chatter,
+        ".code64",
+        "mov dx, 0x3f8",
+        "2: mov al, 0x78",
+        "out dx, al",
+        "jmp 2b"
+    );
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let path = format!("/proc/self/fd/{}", fds[1]);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out = vmm::console::open_output(
+        &vmm::config::ConsoleConfig::File(path.into()),
+        "--serial",
+        "serial-out",
+        dropped.clone(),
+    )
+    .unwrap();
+    let cfg = config(1, vec![(CODE_ADDR, chatter::code().to_vec())]);
+    let running = Vm::new(&cfg, out, None, None).unwrap().start().unwrap();
+    // Run until the pipe (64 KiB) and the output buffer (64 KiB) are full.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while dropped.load(std::sync::atomic::Ordering::Relaxed) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the guest never filled the pipe and the buffer"
+    );
+    running.request_exit(ExitReason::Shutdown);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(running.stop()));
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT).ok(),
+        Some(ExitReason::Shutdown),
+        "the VM did not stop: a vCPU is stuck writing to the host"
+    );
+    // SAFETY: both ends are ours; nothing else uses them.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
 #[test]
 fn too_many_vcpus_is_a_config_error() {
     if !kvm_available() {

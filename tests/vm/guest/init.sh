@@ -26,6 +26,10 @@ case "$test" in
     marker
     echo "Caravel demo guest: a busybox shell on ttyS0. 'poweroff -f' ends the VM."
     exec setsid cttyhack sh ;;
+  reboot-loop)
+    # Up, then straight back down: Caravel builds a fresh VM each time.
+    marker
+    reboot -f ;;
   idle)
     marker
     while true; do sleep 3600; done ;;

@@ -1,10 +1,13 @@
-//! `caravel-blkbench DEVICE seq|rand BLOCK_SIZE SECONDS`: reads DEVICE with
-//! O_DIRECT for SECONDS, sequentially or at random block-aligned offsets, and
-//! prints `BLKBENCH mode=.. bs=.. ops=.. bytes=.. secs=.. mib_s=.. iops=..`.
+//! `caravel-blkbench DEVICE seq|rand BLOCK_SIZE SECONDS [JOBS]`: reads DEVICE
+//! with O_DIRECT for SECONDS, sequentially or at random block-aligned
+//! offsets, from JOBS threads at once (default 1; each keeps one request in
+//! flight, so JOBS is the queue depth the device sees), and prints
+//! `BLKBENCH mode=.. bs=.. jobs=.. ops=.. bytes=.. secs=.. mib_s=.. iops=..`.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A heap buffer aligned for O_DIRECT.
@@ -26,15 +29,38 @@ impl Aligned {
     }
 }
 
+/// One job: reads until `end`, returns the number of reads.
+fn job(f: &File, seq: bool, bs: usize, blocks: u64, seed: u64, end: Instant) -> u64 {
+    let mut buf = Aligned::new(bs);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let (mut ops, mut next) = (0u64, seed % blocks);
+    while Instant::now() < end {
+        let block = if seq {
+            next = (next + 1) % blocks;
+            next
+        } else {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % blocks
+        };
+        f.read_exact_at(buf.slice(), block * bs as u64)
+            .expect("read");
+        ops += 1;
+    }
+    ops
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: caravel-blkbench DEVICE seq|rand BLOCK_SIZE SECONDS");
+    if !(5..=6).contains(&args.len()) {
+        eprintln!("usage: caravel-blkbench DEVICE seq|rand BLOCK_SIZE SECONDS [JOBS]");
         std::process::exit(2);
     }
     let (dev, mode) = (&args[1], args[2].as_str());
     let bs: usize = args[3].parse().expect("block size");
     let secs: u64 = args[4].parse().expect("seconds");
+    let jobs: u64 = args.get(5).map_or(1, |j| j.parse().expect("jobs"));
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -43,29 +69,21 @@ fn main() {
     let size = f.seek(SeekFrom::End(0)).expect("size");
     let blocks = size / bs as u64;
     assert!(blocks > 0, "device smaller than one block");
-    let mut buf = Aligned::new(bs);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let (mut ops, mut next) = (0u64, 0u64);
+    let f = Arc::new(f);
     let start = Instant::now();
-    let end = Duration::from_secs(secs);
-    while start.elapsed() < end {
-        let block = if mode == "rand" {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % blocks
-        } else {
-            next = (next + 1) % blocks;
-            next
-        };
-        f.seek(SeekFrom::Start(block * bs as u64)).expect("seek");
-        f.read_exact(buf.slice()).expect("read");
-        ops += 1;
-    }
+    let end = start + Duration::from_secs(secs);
+    let seq = mode != "rand";
+    let threads: Vec<_> = (0..jobs)
+        .map(|seed| {
+            let f = f.clone();
+            std::thread::spawn(move || job(&f, seq, bs, blocks, seed, end))
+        })
+        .collect();
+    let ops: u64 = threads.into_iter().map(|t| t.join().expect("job")).sum();
     let t = start.elapsed().as_secs_f64();
     let bytes = ops * bs as u64;
     println!(
-        "BLKBENCH mode={mode} bs={bs} ops={ops} bytes={bytes} secs={t:.2} mib_s={:.1} iops={:.0}",
+        "BLKBENCH mode={mode} bs={bs} jobs={jobs} ops={ops} bytes={bytes} secs={t:.2} mib_s={:.1} iops={:.0}",
         bytes as f64 / t / (1 << 20) as f64,
         ops as f64 / t
     );
