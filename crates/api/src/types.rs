@@ -75,6 +75,17 @@ pub struct HotplugInfo {
 /// Caravel's group is `kvm`: KVM's vCPU statistics, summed over vCPUs.
 pub type VmCounters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
 
+/// Parses a request body that must be a JSON object: serde would also take a
+/// struct from a JSON array (`[402653184, null, null]`), which no client
+/// means.
+pub fn from_json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if !v.is_object() {
+        return Err("the body must be a JSON object".into());
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
 /// `PUT /api/v1/vm.resize` (Cloud Hypervisor's `VmResize`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -94,4 +105,21 @@ pub struct DeviceInfo {
     pub id: String,
     /// PCI address, e.g. `0000:00:01.0`.
     pub pci_bdf: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resize_body_must_be_an_object() {
+        let ok: VmResizeRequest = from_json_object(br#"{"desired_ram": 402653184}"#).unwrap();
+        assert_eq!(ok.desired_ram, Some(402_653_184));
+        // serde alone takes a struct from an array: refused here.
+        assert!(serde_json::from_slice::<VmResizeRequest>(b"[402653184,null,null]").is_ok());
+        let err = from_json_object::<VmResizeRequest>(b"[402653184,null,null]").unwrap_err();
+        assert!(err.contains("JSON object"), "{err}");
+        assert!(from_json_object::<VmResizeRequest>(br#"{"desired_ram": 1, "x": 2}"#).is_err());
+        assert!(from_json_object::<VmResizeRequest>(b"").is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! The loop every device runs over a notified queue.
 
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::device::ActiveQueue;
@@ -30,7 +30,16 @@ where
             break;
         }
         while budget > 0 {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            // Not pop_descriptor_chain: it logs every broken avail ring, a
+            // log line a guest could repeat at will.
+            let chain = match queue.iter(mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    devices::warn_ratelimited!("virtio: queue {}: {e}", aq.index);
+                    None
+                }
+            };
+            let Some(chain) = chain else {
                 break;
             };
             budget -= 1;

@@ -1,8 +1,12 @@
 //! The control API server: one thread accepting HTTP requests on a Unix
-//! socket. Read-only requests are answered from shared state; requests that
-//! change the VM are handed to the VMM's event loop and answered when done.
+//! socket and one thread per connection (at most [`MAX_CONNECTIONS`] at a
+//! time; more are answered 503 at once), so a slow client delays nobody
+//! else. A client has [`CLIENT_TIMEOUT`] for its whole request, however it
+//! trickles it in. Read-only requests are answered from shared state;
+//! requests that change the VM are handed to the VMM's event loop and
+//! answered when done.
 
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +21,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::{Error, Result};
 
-/// How long a client may take to send its request.
+/// How long a client may take to send its whole request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more get 503 without a thread.
+pub const MAX_CONNECTIONS: usize = 16;
 /// How long the server waits for the VMM to carry out a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -97,22 +103,98 @@ pub struct ApiCommands {
     pub wake: Arc<EventFd>,
 }
 
-/// A running server; dropping it stops the thread and removes the socket.
+/// A running server; dropping it stops its threads and removes the socket.
 pub struct ApiServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    connections: Arc<Connections>,
+}
+
+/// The connection threads, with a handle on each socket to cut it at stop.
+#[derive(Default)]
+struct Connections {
+    live: Mutex<Vec<(JoinHandle<()>, UnixStream)>>,
+}
+
+impl Connections {
+    /// Joins finished connection threads; returns how many still run.
+    fn reap(&self) -> usize {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, running): (Vec<_>, Vec<_>) = live.drain(..).partition(|(t, _)| t.is_finished());
+        *live = running;
+        drop(live);
+        for (t, _) in done {
+            let _ = t.join();
+        }
+        self.live.lock().map_or(0, |l| l.len())
+    }
+
+    /// Cuts every connection and joins its thread.
+    fn stop_all(&self) {
+        let live: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for (t, s) in live {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = t.join();
+        }
+    }
+}
+
+/// Makes `path` free for a new socket: a socket left by a Caravel that was
+/// killed (nobody accepts on it) is removed; a live one or any other file is
+/// an error naming the flag.
+fn claim_socket_path(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::config(
+            "--api-socket",
+            format!(
+                "{} exists and is not a socket; choose another path",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(Error::config(
+            "--api-socket",
+            format!(
+                "{} is in use by another process (a running caravel?); stop it or choose another path",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            log::warn!(
+                "--api-socket: removing the stale socket {} (nobody listens on it)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(|e| {
+                Error::config(
+                    "--api-socket",
+                    format!("cannot remove the stale socket {}: {e}", path.display()),
+                )
+            })
+        }
+        Err(e) => Err(Error::config(
+            "--api-socket",
+            format!("{} exists and cannot be checked ({e}); remove it or choose another path", path.display()),
+        )),
+    }
 }
 
 impl ApiServer {
-    /// Binds `path` (which must not exist) and starts serving.
+    /// Binds `path` and starts serving. An existing socket nobody listens
+    /// on (left by a killed Caravel) is replaced; anything else there is an
+    /// error.
     pub fn start(path: &Path, shared: Arc<Mutex<ApiShared>>) -> Result<(Self, ApiCommands)> {
-        if path.exists() {
-            return Err(Error::config(
-                "--api-socket",
-                format!("{} already exists; remove it if no other caravel uses it, or choose another path", path.display()),
-            ));
-        }
+        claim_socket_path(path)?;
         let listener = UnixListener::bind(path).map_err(|e| {
             Error::config(
                 "--api-socket",
@@ -128,15 +210,19 @@ impl ApiServer {
             wake: wake.clone(),
         };
         let stop2 = stop.clone();
+        let connections = Arc::new(Connections::default());
+        let conns = connections.clone();
+        let ctx = Arc::new(ctx);
         let thread = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || serve(listener, ctx, stop2))
+            .spawn(move || serve(listener, ctx, stop2, &conns))
             .map_err(Error::io("cannot start the API thread"))?;
         Ok((
             Self {
                 path: path.to_path_buf(),
                 stop,
                 thread: Some(thread),
+                connections,
             },
             ApiCommands { rx, wake },
         ))
@@ -151,6 +237,7 @@ impl Drop for ApiServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.connections.stop_all();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -161,22 +248,78 @@ struct ServerContext {
     wake: Arc<EventFd>,
 }
 
-fn serve(listener: UnixListener, ctx: ServerContext, stop: Arc<AtomicBool>) {
+fn serve(
+    listener: UnixListener,
+    ctx: Arc<ServerContext>,
+    stop: Arc<AtomicBool>,
+    conns: &Connections,
+) {
     for conn in listener.incoming() {
         if stop.load(Ordering::Acquire) {
             break;
         }
-        match conn {
-            Ok(stream) => handle_connection(stream, &ctx),
-            Err(e) => devices::warn_ratelimited!("api: accept failed: {e}"),
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                devices::warn_ratelimited!("api: accept failed: {e}");
+                continue;
+            }
+        };
+        if conns.reap() >= MAX_CONNECTIONS {
+            devices::warn_ratelimited!("api: {MAX_CONNECTIONS} connections busy; refusing one");
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let mut w = &stream;
+            let _ = http::write_response(
+                &mut w,
+                &Response::error(503, "too many API connections at once; retry"),
+            );
+            continue;
+        }
+        let (Ok(handle), ctx) = (stream.try_clone(), ctx.clone()) else {
+            continue;
+        };
+        match std::thread::Builder::new()
+            .name("api-conn".into())
+            .spawn(move || handle_connection(stream, &ctx))
+        {
+            Ok(t) => conns
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((t, handle)),
+            Err(e) => devices::warn_ratelimited!("api: cannot start a connection thread: {e}"),
         }
     }
 }
 
+/// Reads from a socket until a deadline for the whole request: each read
+/// waits at most for the time left, so a client that trickles bytes cannot
+/// hold its connection past [`CLIENT_TIMEOUT`].
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: std::time::Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
 fn handle_connection(stream: UnixStream, ctx: &ServerContext) {
-    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let response = match http::read_request(&mut BufReader::new(&stream)) {
+    let reader = DeadlineReader {
+        stream: &stream,
+        deadline: std::time::Instant::now() + CLIENT_TIMEOUT,
+    };
+    let response = match http::read_request(&mut BufReader::new(reader)) {
         Ok(req) => route(&req, ctx),
         Err(e) => {
             devices::warn_ratelimited!("api: bad request: {e}");
@@ -185,6 +328,9 @@ fn handle_connection(stream: UnixStream, ctx: &ServerContext) {
     };
     let mut w = &stream;
     let _ = http::write_response(&mut w, &response);
+    // The server keeps a clone of the socket (to cut it at stop): close the
+    // connection explicitly so the client sees the end now.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Response {
@@ -196,13 +342,33 @@ fn json<T: serde::Serialize>(v: &T) -> Response {
 
 fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let shutdown = cmd == ApiCommand::Shutdown;
+    // A shutdown that finds the VM already stopped (a second, concurrent
+    // vm.shutdown) has what it asked for.
+    let stopped = || {
+        ctx.shared
+            .lock()
+            .is_ok_and(|s| s.state == VmState::Shutdown)
+    };
     if ctx.tx.send((cmd, reply_tx)).is_err() {
-        return Response::error(503, "the VMM is shutting down");
+        return if shutdown {
+            Response::no_content()
+        } else {
+            Response::error(503, "the VMM is shutting down")
+        };
     }
     let _ = ctx.wake.write(1);
-    reply_rx
-        .recv_timeout(COMMAND_TIMEOUT)
-        .unwrap_or_else(|_| Response::error(504, "the VMM did not complete the request in time"))
+    match reply_rx.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(r) => r,
+        Err(_) if shutdown && stopped() => Response::no_content(),
+        Err(mpsc::RecvTimeoutError::Disconnected) if shutdown => Response::no_content(),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Response::error(503, "the VMM stopped before completing the request")
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            Response::error(504, "the VMM did not complete the request in time")
+        }
+    }
 }
 
 /// Known endpoints and the method each accepts.
@@ -271,7 +437,8 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
             json(&counters)
         }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
-        "vm.resize" => match serde_json::from_slice::<api::types::VmResizeRequest>(&req.body) {
+        "vm.resize" => match api::types::from_json_object::<api::types::VmResizeRequest>(&req.body)
+        {
             Err(e) => Response::error(
                 400,
                 &format!("vm.resize body: {e} (expected {{\"desired_ram\": BYTES}})"),
@@ -386,12 +553,105 @@ mod tests {
     }
 
     #[test]
-    fn existing_path_is_a_config_error() {
+    fn an_existing_file_or_live_socket_is_a_config_error() {
         let path = socket("exists");
         std::fs::write(&path, b"").unwrap();
         let err = ApiServer::start(&path, shared()).err().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(err.is_config_error());
-        assert!(err.to_string().starts_with("--api-socket:"));
+        assert!(err.to_string().starts_with("--api-socket:"), "{err}");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        let (_live, _cmds) = ApiServer::start(&path, shared()).unwrap();
+        let err = ApiServer::start(&path, shared()).err().unwrap();
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_stale_socket_left_by_a_killed_caravel_is_replaced() {
+        let path = socket("stale");
+        let _ = std::fs::remove_file(&path);
+        drop(UnixListener::bind(&path).unwrap()); // the file stays, nobody listens
+        assert!(path.exists());
+        let (_server, _cmds) = ApiServer::start(&path, shared()).unwrap();
+        assert_eq!(call(&path, Method::Get, "/api/v1/vmm.ping").status, 200);
+    }
+
+    #[test]
+    fn silent_clients_do_not_delay_others() {
+        let path = socket("silent");
+        let (_server, _cmds) = ApiServer::start(&path, shared()).unwrap();
+        // More silent connections than the server serves at once.
+        let silent: Vec<_> = (0..MAX_CONNECTIONS + 4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // The busy cap answers newcomers at once; once a slot frees (the
+        // silent ones time out), a ping goes through. Either way nobody
+        // waits for a silent client's 5 s more than once.
+        let start = std::time::Instant::now();
+        let r = client::request(
+            &path,
+            Method::Get,
+            "/api/v1/vmm.ping",
+            None,
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(r.status == 200 || r.status == 503, "{}", r.status);
+        assert!(start.elapsed() < CLIENT_TIMEOUT + Duration::from_secs(2));
+        drop(silent);
+        // With the silent clients gone, a ping is answered right away.
+        assert_eq!(call(&path, Method::Get, "/api/v1/vmm.ping").status, 200);
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_at_the_whole_request_deadline() {
+        use std::io::Write;
+        let path = socket("trickle");
+        let (_server, _cmds) = ApiServer::start(&path, shared()).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        let start = std::time::Instant::now();
+        let request =
+            b"GET /api/v1/vmm.ping HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        // One byte every 250 ms would take ~20 s; the server stops
+        // listening after CLIENT_TIMEOUT.
+        let mut cut = false;
+        for b in request {
+            if s.write_all(&[*b]).is_err() {
+                cut = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            if start.elapsed() > CLIENT_TIMEOUT + Duration::from_secs(3) {
+                break;
+            }
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            cut || out.starts_with("HTTP/1.1 4"),
+            "the server kept a trickling client: {out:?}"
+        );
+        assert!(start.elapsed() < CLIENT_TIMEOUT + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_second_shutdown_after_the_vm_stopped_is_not_a_timeout() {
+        let path = socket("shutdown2");
+        let sh = shared();
+        let (_server, cmds) = ApiServer::start(&path, sh.clone()).unwrap();
+        // The VMM answers the first shutdown, then stops and drops its end.
+        let vmm = std::thread::spawn(move || {
+            let (_, reply) = cmds.rx.recv().unwrap();
+            sh.lock().unwrap().state = VmState::Shutdown;
+            reply.send(Response::no_content()).unwrap();
+            drop(cmds);
+        });
+        assert_eq!(call(&path, Method::Put, "/api/v1/vm.shutdown").status, 204);
+        vmm.join().unwrap();
+        assert_eq!(call(&path, Method::Put, "/api/v1/vm.shutdown").status, 204);
     }
 }

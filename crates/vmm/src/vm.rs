@@ -427,6 +427,7 @@ fn add_virtio_devices(
                     ),
                 )
             })?;
+        crate::disk_lock::lock_disk(&file, &d.path, d.readonly)?;
         let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
         let disk = virtio::block::Disk::new(file, d.readonly, &id)
             .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;

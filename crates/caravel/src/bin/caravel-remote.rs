@@ -6,14 +6,17 @@ use caravel::remote::{run, RemoteArgs};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    use std::io::Write;
     let args = RemoteArgs::parse();
     let outcome = run(&args);
+    // Not println!: a reader that went away (`caravel-remote info | head`)
+    // is not an error worth a panic.
     if outcome.status == 0 {
         if !outcome.text.is_empty() {
-            println!("{}", outcome.text);
+            let _ = writeln!(std::io::stdout(), "{}", outcome.text);
         }
     } else {
-        eprintln!("{}", outcome.text);
+        let _ = writeln!(std::io::stderr(), "{}", outcome.text);
     }
     ExitCode::from(outcome.status as u8)
 }

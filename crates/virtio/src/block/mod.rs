@@ -110,18 +110,52 @@ impl Disk {
         let Some(start) = self.range(sector, count * SECTOR_SIZE) else {
             return S_IOERR;
         };
-        let mode = if !zero || flags & WZ_UNMAP != 0 {
-            FallocateMode::PunchHole
-        } else {
-            FallocateMode::ZeroRange
-        };
-        match fallocate(&self.file, mode, true, start, count * SECTOR_SIZE) {
+        let len = count * SECTOR_SIZE;
+        if !zero {
+            // DISCARD is a hint: a filesystem without hole punching leaves
+            // the data, which the spec allows.
+            return match fallocate(&self.file, FallocateMode::PunchHole, true, start, len) {
+                Ok(()) => S_OK,
+                Err(e) if e.errno() == libc::EOPNOTSUPP => S_OK,
+                Err(e) => {
+                    devices::warn_ratelimited!("virtio-blk: discard failed: {e}");
+                    S_IOERR
+                }
+            };
+        }
+        match self.write_zeroes(start, len, flags & WZ_UNMAP != 0) {
             Ok(()) => S_OK,
             Err(e) => {
-                devices::warn_ratelimited!("virtio-blk: fallocate failed: {e}");
+                devices::warn_ratelimited!("virtio-blk: write zeroes failed: {e}");
                 S_IOERR
             }
         }
+    }
+
+    /// Zeroes `[start, start + len)`: with FALLOC_FL_ZERO_RANGE (or a hole
+    /// when `unmap`) where the filesystem has it, else a punched hole (tmpfs
+    /// has no ZERO_RANGE), else by writing zeros.
+    fn write_zeroes(&self, start: u64, len: u64, unmap: bool) -> std::io::Result<()> {
+        for punch in [unmap, !unmap] {
+            let mode = if punch {
+                FallocateMode::PunchHole
+            } else {
+                FallocateMode::ZeroRange
+            };
+            match fallocate(&self.file, mode, true, start, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == libc::EOPNOTSUPP || e.errno() == libc::EINVAL => {}
+                Err(e) => return Err(std::io::Error::from_raw_os_error(e.errno())),
+            }
+        }
+        let zeros = [0u8; 64 << 10];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(zeros.len() as u64) as usize;
+            std::os::unix::fs::FileExt::write_all_at(&self.file, &zeros[..n], start + off)?;
+            off += n as u64;
+        }
+        Ok(())
     }
 
     /// Carries out `req`; returns the status and the bytes written to the

@@ -113,10 +113,16 @@ impl MemShared {
                 devices::warn_ratelimited!(
                     "virtio-mem: cannot carry out {e:?} ({err}); answering BUSY"
                 );
-                return Response {
-                    kind: state::RESP_BUSY,
-                    state: 0,
-                };
+                // The blocks stay plugged: give their device DMA back.
+                if let Some(DmaChange::Unmap { offset, len }) = dma {
+                    let block = s.geometry().block_size;
+                    for (o, l) in s.plugged_runs(offset, len) {
+                        if let Err(err) = self.backend.dma_map(o, l, block) {
+                            devices::warn_ratelimited!("virtio-mem: cannot restore device DMA to {l:#x} bytes at {o:#x} ({err})");
+                        }
+                    }
+                }
+                return busy;
             }
         }
         if let Some(DmaChange::Map { offset, len }) = dma {
@@ -434,6 +440,7 @@ mod tests {
     struct Recorder {
         log: Mutex<Vec<Effect>>,
         fail_map: Mutex<bool>,
+        fail_unmap: Mutex<bool>,
         /// DMA calls: (map?, offset, len, effects logged before the call).
         dma: Mutex<Vec<(bool, u64, u64, usize)>>,
     }
@@ -446,6 +453,9 @@ mod tests {
             Ok(())
         }
         fn unmap_slot(&self, n: usize) -> Result<(), String> {
+            if *self.fail_unmap.lock().unwrap() {
+                return Err("KVM said no".into());
+            }
             self.log.lock().unwrap().push(Effect::UnmapSlot(n));
             Ok(())
         }
@@ -499,6 +509,37 @@ mod tests {
         request(&m, state::REQ_STATE, BASE, 1);
         send(&dev, &m, &std_descs());
         assert_eq!(backend.dma.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_failed_unplug_gives_device_dma_back_to_the_blocks_still_plugged() {
+        let backend = Arc::new(Recorder::default());
+        let (dev, _) = device(backend.clone());
+        let m = mem();
+        request(&m, state::REQ_PLUG, BASE + 4 * MIB, 2);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_ACK));
+        request(&m, state::REQ_PLUG, BASE + 10 * MIB, 1);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_ACK));
+        backend.dma.lock().unwrap().clear();
+        // UNPLUG_ALL unmaps the slot before the ACK: make that fail.
+        *backend.fail_unmap.lock().unwrap() = true;
+        request(&m, state::REQ_UNPLUG_ALL, 0, 0);
+        assert_eq!(send(&dev, &m, &std_descs()), (10, state::RESP_BUSY));
+        let calls: Vec<_> = backend
+            .dma
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&(map, o, l, _)| (map, o, l))
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                (false, 0, 512 * MIB),
+                (true, 4 * MIB, 4 * MIB), // the plugged runs, not the region
+                (true, 10 * MIB, 2 * MIB),
+            ]
+        );
     }
 
     fn device(backend: Arc<Recorder>) -> (Mem, Arc<Mutex<Vec<u64>>>) {

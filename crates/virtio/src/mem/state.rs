@@ -260,6 +260,28 @@ impl MemState {
         self.blocks.count() * self.geometry.block_size
     }
 
+    /// The plugged parts of `[offset, offset + len)` of the region, as
+    /// `(offset, len)` runs of whole blocks, in order.
+    pub fn plugged_runs(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let bs = self.geometry.block_size;
+        let first = offset / bs;
+        let end = offset
+            .saturating_add(len)
+            .div_ceil(bs)
+            .min(self.blocks.len());
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for b in first..end {
+            if !self.blocks.get(b) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((o, l)) if *o + *l == b * bs => *l += bs,
+                _ => runs.push((b * bs, bs)),
+            }
+        }
+        runs
+    }
+
     /// Bytes requested by the host.
     pub fn requested_size(&self) -> u64 {
         self.requested_size

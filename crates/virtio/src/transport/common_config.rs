@@ -5,6 +5,25 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::status;
 
+/// The three rings of a split queue, by their common-config address field.
+#[derive(Debug, Clone, Copy)]
+enum Ring {
+    Desc,
+    Avail,
+    Used,
+}
+
+impl Ring {
+    /// The ring whose address field starts at `offset` (0x20, 0x28, 0x30).
+    fn at(offset: u64) -> Self {
+        match offset {
+            0x20 => Ring::Desc,
+            0x28 => Ring::Avail,
+            _ => Ring::Used,
+        }
+    }
+}
+
 /// "No MSI-X vector".
 pub const NO_VECTOR: u16 = 0xffff;
 
@@ -176,7 +195,13 @@ impl CommonConfig {
             (0x16, 2) => self.queue_select = v as u16,
             (0x18, 2) if !frozen => {
                 if let Some(q) = self.selected() {
-                    q.set_size(v as u16);
+                    // Validated here: virtio-queue's setter logs every bad
+                    // size, which a guest could use to flood the log.
+                    if q.try_set_size(v as u16).is_err() {
+                        devices::warn_ratelimited!(
+                            "virtio-pci: queue size {v} is not a power of two up to the maximum; ignored"
+                        );
+                    }
                 }
             }
             (0x1a, 2) => {
@@ -194,30 +219,17 @@ impl CommonConfig {
                     }
                 }
             }
-            (0x20, 4) if !frozen => {
-                self.with_queue(|q| q.set_desc_table_address(Some(v as u32), None))
+            (0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34, 4) if !frozen => {
+                let ring = Ring::at(offset & !0x7);
+                let (low, high) = if offset & 0x4 == 0 {
+                    (Some(v as u32), None)
+                } else {
+                    (None, Some(v as u32))
+                };
+                self.set_ring_address(ring, low, high);
             }
-            (0x24, 4) if !frozen => {
-                self.with_queue(|q| q.set_desc_table_address(None, Some(v as u32)))
-            }
-            (0x20, 8) if !frozen => self
-                .with_queue(|q| q.set_desc_table_address(Some(v as u32), Some((v >> 32) as u32))),
-            (0x28, 4) if !frozen => {
-                self.with_queue(|q| q.set_avail_ring_address(Some(v as u32), None))
-            }
-            (0x2c, 4) if !frozen => {
-                self.with_queue(|q| q.set_avail_ring_address(None, Some(v as u32)))
-            }
-            (0x28, 8) if !frozen => self
-                .with_queue(|q| q.set_avail_ring_address(Some(v as u32), Some((v >> 32) as u32))),
-            (0x30, 4) if !frozen => {
-                self.with_queue(|q| q.set_used_ring_address(Some(v as u32), None))
-            }
-            (0x34, 4) if !frozen => {
-                self.with_queue(|q| q.set_used_ring_address(None, Some(v as u32)))
-            }
-            (0x30, 8) if !frozen => {
-                self.with_queue(|q| q.set_used_ring_address(Some(v as u32), Some((v >> 32) as u32)))
+            (0x20 | 0x28 | 0x30, 8) if !frozen => {
+                self.set_ring_address(Ring::at(offset), Some(v as u32), Some((v >> 32) as u32));
             }
             (0x0c, 4) | (0x18, 2) | (0x1c, 2) | (0x20..=0x34, 4) | (0x20 | 0x28 | 0x30, 8) => {
                 devices::warn_ratelimited!(
@@ -233,9 +245,30 @@ impl CommonConfig {
         CommonAction::None
     }
 
-    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
-        if let Some(q) = self.selected() {
-            f(q);
+    /// Sets half or all of a ring address of the selected queue, checking
+    /// its alignment here (virtio-queue's setter would log each refusal, a
+    /// log a guest could flood).
+    fn set_ring_address(&mut self, ring: Ring, low: Option<u32>, high: Option<u32>) {
+        let Some(q) = self.selected() else { return };
+        let current = match ring {
+            Ring::Desc => q.desc_table(),
+            Ring::Avail => q.avail_ring(),
+            Ring::Used => q.used_ring(),
+        };
+        let addr = (high.map_or(current >> 32, u64::from) << 32)
+            | low.map_or(current & 0xffff_ffff, u64::from);
+        let addr = vm_memory::GuestAddress(addr);
+        let ok = match ring {
+            Ring::Desc => q.try_set_desc_table_address(addr),
+            Ring::Avail => q.try_set_avail_ring_address(addr),
+            Ring::Used => q.try_set_used_ring_address(addr),
+        }
+        .is_ok();
+        if !ok {
+            devices::warn_ratelimited!(
+                "virtio-pci: {ring:?} ring address {:#x} breaks its alignment; ignored",
+                addr.0
+            );
         }
     }
 
@@ -414,5 +447,52 @@ mod tests {
         w(&mut c, 0x99, 1, 1);
         w(&mut c, 0x12, 2, 9);
         assert_eq!(r(&c, 0x12, 2), 2, "num_queues is read-only");
+    }
+}
+
+#[cfg(test)]
+mod log_flood_tests {
+    use super::*;
+    use crate::features::VERSION_1;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts log records by origin: virtio-queue's own, and everything.
+    struct Counter;
+    static FROM_VIRTIO_QUEUE: AtomicUsize = AtomicUsize::new(0);
+    static ALL: AtomicUsize = AtomicUsize::new(0);
+
+    impl log::Log for Counter {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            ALL.fetch_add(1, Ordering::Relaxed);
+            if r.target().starts_with("virtio_queue") {
+                FROM_VIRTIO_QUEUE.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn bad_queue_sizes_and_addresses_cannot_flood_the_log() {
+        // This test binary has no other logger; if one is set, counts are
+        // still taken from ours only when ours is installed.
+        if log::set_logger(&Counter).is_err() {
+            return;
+        }
+        log::set_max_level(log::LevelFilter::Trace);
+        let mut c = CommonConfig::new(VERSION_1, &[256], 2);
+        for i in 0..10_000u32 {
+            c.write(0x18, &(3 + 2 * (i as u16 % 100)).to_le_bytes()); // odd sizes
+            c.write(0x20, &(i * 16 + 1).to_le_bytes()); // misaligned desc table
+            c.write(0x30, &(i * 4 + 2).to_le_bytes()); // misaligned used ring
+        }
+        assert_eq!(FROM_VIRTIO_QUEUE.load(Ordering::Relaxed), 0);
+        assert!(
+            ALL.load(Ordering::Relaxed) < 100,
+            "30,000 bad writes logged {} lines",
+            ALL.load(Ordering::Relaxed)
+        );
     }
 }

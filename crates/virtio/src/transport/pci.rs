@@ -294,7 +294,7 @@ impl VirtioPciDevice {
                 continue;
             }
             q.set_event_idx(event_idx);
-            if !q.is_valid(&self.mem) {
+            if !rings_in_memory(q, &self.mem) {
                 let why = format!(
                     "queue {i} is invalid (size {}, rings outside guest memory or misaligned)",
                     q.size()
@@ -473,6 +473,26 @@ impl PciDevice for VirtioPciDevice {
             self.bar0_write(offset, data);
         }
     }
+}
+
+/// Whether the three rings of `q` lie in guest memory (virtio-queue's own
+/// `is_valid` logs every refusal, which a guest could use to flood the log).
+fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    use vm_memory::GuestMemory;
+    let n = u64::from(q.size());
+    [
+        (q.desc_table(), 16 * n),
+        (q.avail_ring(), 6 + 2 * n),
+        (q.used_ring(), 6 + 8 * n),
+    ]
+    .into_iter()
+    .all(|(addr, len)| {
+        mem.check_range(
+            vm_memory::GuestAddress(addr),
+            len as usize,
+            vm_memory::Permissions::ReadWrite,
+        )
+    })
 }
 
 impl Drop for VirtioPciDevice {
