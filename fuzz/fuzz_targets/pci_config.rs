@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut dev = VirtioPciDevice::new(
         "fuzz",
         Box::new(Rng::default()),
-        mem,
+        virtio::DeviceMemory::new(mem),
         0x1_0000_0000,
         Arc::new(NullSink),
     )

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Signals the driver.
@@ -62,7 +61,7 @@ pub trait VirtioDevice: Send {
     /// The driver set DRIVER_OK: start processing `queues` with `features`.
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: crate::DeviceMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
         features: u64,

@@ -24,6 +24,11 @@ pub mod worker;
 
 pub use device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
+/// Guest memory as devices see it: a view the VMM can replace while devices
+/// run (it leaves out unplugged virtio-mem blocks, and follows plugs and
+/// unplugs). Workers load the current view for each batch of requests.
+pub type DeviceMemory = vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap>;
+
 /// virtio device type IDs (virtio 1.2 §5).
 pub mod device_type {
     /// Block device.

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -55,7 +55,7 @@ impl<H: QueueHandler> Worker<H> {
         name: &str,
         mut handler: H,
         mut queues: Vec<ActiveQueue>,
-        mem: GuestMemoryMmap,
+        mem: crate::DeviceMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> std::io::Result<Self> {
         let kill = Arc::new(EventFd::new(EFD_NONBLOCK)?);
@@ -89,9 +89,10 @@ impl<H: QueueHandler> Worker<H> {
             .spawn(move || {
                 let mut events = vec![EpollEvent::default(); 8];
                 // Buffers may already be queued when the device starts.
+                let view = mem.memory();
                 for slot in 0..queues.len() {
                     let index = queues[slot].index;
-                    if handler.process_queue(index, &mut queues, &mem) {
+                    if handler.process_queue(index, &mut queues, &view) {
                         interrupt.notify_queue(index);
                     }
                 }
@@ -104,6 +105,8 @@ impl<H: QueueHandler> Worker<H> {
                             break;
                         }
                     };
+                    // The current view of guest memory for this batch.
+                    let view = mem.memory();
                     for ev in &events[..n] {
                         match ev.data() {
                             KILL => {
@@ -111,7 +114,7 @@ impl<H: QueueHandler> Worker<H> {
                                 return handler;
                             }
                             EXTRA => {
-                                let (signal, keep) = handler.process_extra(&mut queues, &mem);
+                                let (signal, keep) = handler.process_extra(&mut queues, &view);
                                 for q in signal {
                                     interrupt.notify_queue(q);
                                 }
@@ -130,7 +133,7 @@ impl<H: QueueHandler> Worker<H> {
                                 let slot = slot as usize;
                                 let _ = queues[slot].notify.read();
                                 let index = queues[slot].index;
-                                if handler.process_queue(index, &mut queues, &mem) {
+                                if handler.process_queue(index, &mut queues, &view) {
                                     interrupt.notify_queue(index);
                                 }
                                 if let (Some(fd), false) = (extra, extra_polled) {

@@ -10,6 +10,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use virtio::mem::MemBackend;
 
+use crate::device_memory::DeviceMemoryView;
 use crate::memory::HostMapping;
 
 /// The VFIO containers of the VM's passed-through devices: plugged blocks
@@ -24,6 +25,7 @@ pub struct HotplugBackend {
     slot_size: u64,
     first_slot: u32,
     dma: DmaTargets,
+    view: Arc<DeviceMemoryView>,
 }
 
 impl HotplugBackend {
@@ -36,6 +38,7 @@ impl HotplugBackend {
         slot_size: u64,
         first_slot: u32,
         dma: DmaTargets,
+        view: Arc<DeviceMemoryView>,
     ) -> Self {
         Self {
             vm,
@@ -44,6 +47,7 @@ impl HotplugBackend {
             slot_size,
             first_slot,
             dma,
+            view,
         }
     }
 
@@ -102,10 +106,13 @@ impl MemBackend for HotplugBackend {
                 unsafe { c.map_dma(self.base + b, block, host) }.map_err(|e| e.to_string())?;
             }
         }
-        Ok(())
+        // Virtio devices see the blocks from now on.
+        self.view.plug(offset, len)
     }
 
     fn dma_unmap(&self, offset: u64, len: u64) -> Result<(), String> {
+        // Virtio devices first: their next requests no longer reach the blocks.
+        self.view.unplug(offset, len)?;
         for c in self.dma.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             c.unmap_dma(self.base + offset, len)
                 .map_err(|e| e.to_string())?;

@@ -10,6 +10,7 @@ mod aarch64;
 pub mod api_server;
 pub mod config;
 pub mod console;
+pub mod device_memory;
 mod disk_lock;
 mod error;
 pub mod events;

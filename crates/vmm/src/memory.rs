@@ -164,6 +164,30 @@ impl HostMapping {
         self.addr
     }
 
+    /// A vm-memory region for `[offset, offset + len)` of this mapping at
+    /// guest address `gpa`. The region does not own the memory: whoever
+    /// holds it must not use it after this mapping is dropped (a VM's
+    /// teardown stops every user of its memory before it unmaps RAM).
+    pub fn region(&self, offset: u64, len: u64, gpa: u64) -> Result<GuestRegionMmap> {
+        self.check(offset, len).map_err(|_| {
+            Error::Memory(format!(
+                "{len:#x} bytes at {offset:#x} are outside the mapping"
+            ))
+        })?;
+        // SAFETY: `[offset, offset + len)` lies inside this live mapping
+        // (checked above); the caller keeps the mapping alive while the
+        // region is used (see above).
+        let region = unsafe {
+            MmapRegionBuilder::new(len as usize)
+                .with_raw_mmap_pointer(self.addr.add(offset as usize))
+        }
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .build()
+        .map_err(|e| Error::Memory(format!("cannot describe guest RAM: {e}")))?;
+        GuestRegionMmap::new(region, GuestAddress(gpa))
+            .ok_or_else(|| Error::Memory(format!("guest RAM at {gpa:#x} wraps the address space")))
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.size
@@ -278,17 +302,8 @@ impl GuestRam {
                     Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}{hint}"))
                 })?,
             );
-            // SAFETY: `map` is a live mapping of exactly `size` bytes, and it
-            // outlives the region: both are kept together in this GuestRam.
-            let region =
-                unsafe { MmapRegionBuilder::new(map.len()).with_raw_mmap_pointer(map.as_ptr()) }
-                    .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                    .build()
-                    .map_err(|e| Error::Memory(format!("cannot describe guest RAM: {e}")))?;
-            let region = GuestRegionMmap::new(region, GuestAddress(gpa)).ok_or_else(|| {
-                Error::Memory(format!("guest RAM at {gpa:#x} wraps the address space"))
-            })?;
-            regions.push(region);
+            // The region lives next to `map` in this GuestRam.
+            regions.push(map.region(0, size, gpa)?);
             mappings.push(map);
         }
         let memory = GuestMemoryMmap::from_regions(regions)
@@ -303,6 +318,15 @@ impl GuestRam {
     /// The host mappings, in guest address order (boot RAM, then hotplug).
     pub fn mappings(&self) -> &[Arc<HostMapping>] {
         &self.mappings
+    }
+
+    /// The boot RAM mappings with their guest addresses.
+    pub fn boot_mappings(&self) -> impl Iterator<Item = (u64, &Arc<HostMapping>)> {
+        self.memory
+            .iter()
+            .zip(&self.mappings)
+            .take(self.boot_regions)
+            .map(|(r, m)| (r.start_addr().0, m))
     }
 
     /// The hotplug region's mapping, if there is one.

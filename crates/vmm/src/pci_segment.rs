@@ -15,7 +15,6 @@ use pci::{
 use virtio::transport::{VirtioPciDevice, BAR0_SIZE};
 use virtio::VirtioDevice;
 use vm_allocator::{AddressAllocator, AllocPolicy};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::interrupt::{MsiRouter, MsixVectors};
@@ -234,7 +233,7 @@ impl PciSegment {
         &mut self,
         name: &str,
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: virtio::DeviceMemory,
     ) -> Result<Arc<Mutex<VirtioPciDevice>>> {
         let devfn = self
             .bus
@@ -453,7 +452,10 @@ mod tests {
         let mem_layout = MemoryLayout::new(64 << 20);
         let router = Arc::new(MsiRouter::new(vm.clone(), 24));
         let mut seg = PciSegment::new(vm.clone(), pio, mmio.clone(), &mem_layout, router).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)]).unwrap();
+        let mem = virtio::DeviceMemory::new(
+            vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 64 << 20)])
+                .unwrap(),
+        );
         let dev = seg
             .add_virtio("virtio-rng", Box::new(virtio::rng::Rng::default()), mem)
             .unwrap();

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::console;
+use crate::device_memory::DeviceMemoryView;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::{DmaTargets, HotplugBackend};
@@ -119,8 +120,13 @@ impl Vm {
             &mem_layout,
             router,
         )?;
+        // Devices see boot RAM and plugged virtio-mem blocks only.
+        let view = Arc::new(DeviceMemoryView::new(
+            &ram,
+            hotplug_region.map(|(base, _)| base),
+        )?);
         let console_dropped = Arc::new(AtomicU64::new(0));
-        add_virtio_devices(cfg, &mut pci, memory, &console_dropped)?;
+        add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => {
@@ -139,6 +145,7 @@ impl Vm {
                     h.slot_size(),
                     first_hotplug_slot,
                     dma_targets.clone(),
+                    view.clone(),
                 ));
                 let geometry = Geometry {
                     addr: base,
@@ -166,7 +173,7 @@ impl Vm {
                     Some(listener),
                 );
                 let handle = dev.handle();
-                let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), memory.clone())?;
+                let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), view.memory())?;
                 handle.set_interrupt(
                     pci_dev
                         .lock()
@@ -405,7 +412,7 @@ fn add_vfio_devices(
 fn add_virtio_devices(
     cfg: &VmConfig,
     pci: &mut PciSegment,
-    mem: &GuestMemoryMmap,
+    mem: &virtio::DeviceMemory,
     console_dropped: &Arc<AtomicU64>,
 ) -> Result<()> {
     for (i, d) in cfg.disks.iter().enumerate() {

@@ -377,7 +377,7 @@ impl VirtioDevice for Mem {
 
     fn activate(
         &mut self,
-        mem: GuestMemoryMmap,
+        mem: crate::DeviceMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
         features: u64,

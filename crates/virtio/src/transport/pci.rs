@@ -19,7 +19,7 @@ use pci::{
     PciDevice, Trigger, CAP_ID_VENDOR,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::common_config::{CommonAction, CommonConfig, NO_VECTOR};
@@ -132,7 +132,7 @@ pub struct VirtioPciDevice {
     pci_cfg_cap: usize,
     interrupt: Arc<PciInterrupt>,
     notify: Vec<EventFd>,
-    mem: GuestMemoryMmap,
+    mem: crate::DeviceMemory,
     active: bool,
 }
 
@@ -142,7 +142,7 @@ impl VirtioPciDevice {
     pub fn new(
         name: &str,
         device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
+        mem: crate::DeviceMemory,
         bar_addr: u64,
         sink: Arc<dyn MsixSink>,
     ) -> std::io::Result<Self> {
@@ -294,7 +294,7 @@ impl VirtioPciDevice {
                 continue;
             }
             q.set_event_idx(event_idx);
-            if !rings_in_memory(q, &self.mem) {
+            if !rings_in_memory(q, &self.mem.memory()) {
                 let why = format!(
                     "queue {i} is invalid (size {}, rings outside guest memory or misaligned)",
                     q.size()
@@ -566,7 +566,7 @@ mod tests {
         let mut d = VirtioPciDevice::new(
             "rng",
             Box::new(Rng::default()),
-            mem.clone(),
+            crate::DeviceMemory::new(mem.clone()),
             0x1_0000_0000,
             sink.clone(),
         )
@@ -648,8 +648,14 @@ mod tests {
     fn invalid_rings_mark_the_device_broken_instead_of_starting() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let sink = Arc::new(Sink::default());
-        let mut d = VirtioPciDevice::new("rng", Box::new(Rng::default()), mem, 0x1_0000_0000, sink)
-            .unwrap();
+        let mut d = VirtioPciDevice::new(
+            "rng",
+            Box::new(Rng::default()),
+            crate::DeviceMemory::new(mem),
+            0x1_0000_0000,
+            sink,
+        )
+        .unwrap();
         w(&mut d, 0x08, 1, 4);
         w(&mut d, 0x0c, 1, 4);
         w(&mut d, 0x14, 11, 1);
@@ -665,7 +671,7 @@ mod tests {
         let mut d = VirtioPciDevice::new(
             "rng",
             Box::new(Rng::default()),
-            mem,
+            crate::DeviceMemory::new(mem),
             0x1_0000_0000,
             Arc::new(Sink::default()),
         )

@@ -1,0 +1,217 @@
+//! What device models may touch: boot RAM plus the virtio-mem blocks the
+//! guest has plugged. Unplugged memory is inaccessible to the guest (the
+//! spec's promise with `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE`) and returned to
+//! the host; a device request aimed at it fails like any access outside
+//! guest memory (virtio-blk answers IOERR) instead of faulting reclaimed
+//! pages back in.
+//!
+//! Devices hold a [`DeviceMemory`] (an atomically replaceable
+//! `GuestMemoryMmap`); the virtio-mem backend calls [`DeviceMemoryView::plug`]
+//! after a plug is carried out and [`DeviceMemoryView::unplug`] before an
+//! unplug discards memory, and each rebuilds the view.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use virtio::DeviceMemory;
+use vm_memory::GuestMemoryMmap;
+
+use crate::memory::{GuestRam, HostMapping};
+use crate::{Error, Result};
+
+/// The device-visible part of a VM's memory.
+pub struct DeviceMemoryView {
+    memory: DeviceMemory,
+    /// Boot RAM: (guest address, mapping).
+    boot: Vec<(u64, Arc<HostMapping>)>,
+    /// The hotplug region: guest address and mapping.
+    hotplug: Option<(u64, Arc<HostMapping>)>,
+    /// Plugged runs of the hotplug region: offset -> length, never adjacent.
+    plugged: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl DeviceMemoryView {
+    /// Boot RAM of `ram`, and none of its hotplug region (at
+    /// `hotplug_base`) until blocks are plugged.
+    pub fn new(ram: &GuestRam, hotplug_base: Option<u64>) -> Result<Self> {
+        let boot: Vec<_> = ram
+            .boot_mappings()
+            .map(|(gpa, m)| (gpa, m.clone()))
+            .collect();
+        let hotplug = hotplug_base.zip(ram.hotplug_mapping().cloned());
+        let first = build(&boot, None, &BTreeMap::new())?;
+        Ok(Self {
+            memory: DeviceMemory::new(first),
+            boot,
+            hotplug,
+            plugged: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The view to hand to devices (clones follow every update).
+    pub fn memory(&self) -> DeviceMemory {
+        self.memory.clone()
+    }
+
+    /// `[offset, offset + len)` of the hotplug region was plugged.
+    pub fn plug(&self, offset: u64, len: u64) -> std::result::Result<(), String> {
+        self.update(|runs| insert(runs, offset, len))
+    }
+
+    /// `[offset, offset + len)` of the hotplug region is about to be unplugged.
+    pub fn unplug(&self, offset: u64, len: u64) -> std::result::Result<(), String> {
+        self.update(|runs| remove(runs, offset, len))
+    }
+
+    fn update(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<u64, u64>),
+    ) -> std::result::Result<(), String> {
+        let mut plugged = self.plugged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = plugged.clone();
+        change(&mut next);
+        let view = build(&self.boot, self.hotplug.as_ref(), &next).map_err(|e| e.to_string())?;
+        // Replace under the view's own lock: workers load the new view for
+        // their next batch of requests.
+        self.memory.lock().map_err(|e| e.to_string())?.replace(view);
+        *plugged = next;
+        Ok(())
+    }
+}
+
+fn build(
+    boot: &[(u64, Arc<HostMapping>)],
+    hotplug: Option<&(u64, Arc<HostMapping>)>,
+    plugged: &BTreeMap<u64, u64>,
+) -> Result<GuestMemoryMmap> {
+    let mut regions = Vec::new();
+    for (gpa, m) in boot {
+        regions.push(m.region(0, m.len() as u64, *gpa)?);
+    }
+    if let Some((base, m)) = hotplug {
+        for (&offset, &len) in plugged {
+            regions.push(m.region(offset, len, base + offset)?);
+        }
+    }
+    GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| Error::Memory(format!("device view of guest memory: {e}")))
+}
+
+/// Adds `[offset, offset + len)` to `runs`, merging neighbours.
+fn insert(runs: &mut BTreeMap<u64, u64>, offset: u64, len: u64) {
+    if len == 0 {
+        return;
+    }
+    remove(runs, offset, len);
+    let (mut start, mut end) = (offset, offset + len);
+    if let Some((&o, &l)) = runs.range(..start).next_back() {
+        if o + l == start {
+            runs.remove(&o);
+            start = o;
+        }
+    }
+    if let Some(&l) = runs.get(&end) {
+        runs.remove(&end);
+        end += l;
+    }
+    runs.insert(start, end - start);
+}
+
+/// Removes `[offset, offset + len)` from `runs`, splitting runs it cuts.
+fn remove(runs: &mut BTreeMap<u64, u64>, offset: u64, len: u64) {
+    let end = offset.saturating_add(len);
+    let cut: Vec<(u64, u64)> = runs
+        .range(..end)
+        .filter(|(&o, &l)| o + l > offset)
+        .map(|(&o, &l)| (o, l))
+        .collect();
+    for (o, l) in cut {
+        runs.remove(&o);
+        if o < offset {
+            runs.insert(o, offset - o);
+        }
+        if o + l > end {
+            runs.insert(end, o + l - end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+
+    const MIB: u64 = 1 << 20;
+    const HP: u64 = 1 << 32;
+
+    fn ram() -> GuestRam {
+        GuestRam::with_backing(
+            &[(0, 4 * MIB)],
+            Some((HP, 64 * MIB)),
+            crate::memory::Backing::Anonymous,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn devices_reach_only_boot_ram_and_plugged_blocks() {
+        let ram = ram();
+        let view = DeviceMemoryView::new(&ram, Some(HP)).unwrap();
+        let dev = view.memory();
+        let mut b = [0u8; 8];
+        assert!(dev.memory().read_slice(&mut b, GuestAddress(MIB)).is_ok());
+        assert!(
+            dev.memory().read_slice(&mut b, GuestAddress(HP)).is_err(),
+            "unplugged memory is not there for devices"
+        );
+        view.plug(2 * MIB, 4 * MIB).unwrap();
+        dev.memory()
+            .write_slice(b"plugged!", GuestAddress(HP + 2 * MIB))
+            .unwrap();
+        // The device writes land in the VM's real memory.
+        ram.memory
+            .read_slice(&mut b, GuestAddress(HP + 2 * MIB))
+            .unwrap();
+        assert_eq!(&b, b"plugged!");
+        assert!(dev.memory().read_slice(&mut b, GuestAddress(HP)).is_err());
+        view.unplug(4 * MIB, 2 * MIB).unwrap();
+        assert!(dev
+            .memory()
+            .read_slice(&mut b, GuestAddress(HP + 2 * MIB))
+            .is_ok());
+        assert!(dev
+            .memory()
+            .read_slice(&mut b, GuestAddress(HP + 4 * MIB))
+            .is_err());
+        // A read crossing from a plugged into an unplugged block fails too.
+        let mut big = vec![0u8; 2 * MIB as usize + 8];
+        assert!(dev
+            .memory()
+            .read_slice(&mut big, GuestAddress(HP + 2 * MIB))
+            .is_err());
+    }
+
+    #[test]
+    fn runs_merge_and_split() {
+        let mut r = BTreeMap::new();
+        insert(&mut r, 0, 2);
+        insert(&mut r, 4, 2);
+        insert(&mut r, 2, 2);
+        assert_eq!(
+            r.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            vec![(0, 6)]
+        );
+        remove(&mut r, 2, 1);
+        assert_eq!(
+            r.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            vec![(0, 2), (3, 3)]
+        );
+        insert(&mut r, 1, 4); // overlaps both
+        assert_eq!(
+            r.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            vec![(0, 6)]
+        );
+        remove(&mut r, 0, 100);
+        assert!(r.is_empty());
+    }
+}
