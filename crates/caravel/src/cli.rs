@@ -8,6 +8,7 @@ use vmm::config::{
     ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MemoryConfig,
     Payload, VmConfig,
 };
+use vmm::seccomp::SeccompMode;
 
 use crate::options::{KeyValues, OptionError};
 
@@ -123,6 +124,12 @@ pub struct Args {
     /// Exit (status 0) when the guest reboots instead of restarting it.
     #[arg(long)]
     pub no_reboot: bool,
+
+    /// The sandbox: a seccomp filter per thread (true), none (false), or
+    /// filters that only log what they would refuse (log; the kernel's
+    /// audit log shows it). See docs/security.md.
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: String,
 
     /// More log output (repeat for more: -v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -344,6 +351,19 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, OptionError> {
     })
 }
 
+/// Parses `--seccomp` (Cloud Hypervisor's values).
+pub fn parse_seccomp(s: &str) -> Result<SeccompMode, OptionError> {
+    match s {
+        "true" | "on" => Ok(SeccompMode::Enforce),
+        "false" | "off" => Ok(SeccompMode::Off),
+        "log" => Ok(SeccompMode::Log),
+        other => Err(OptionError::new(
+            "--seccomp",
+            format!("'{other}' is not true, false or log"),
+        )),
+    }
+}
+
 /// Parses `--serial` or `--console`.
 pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, OptionError> {
     match s {
@@ -419,6 +439,7 @@ impl Args {
                 .map(|s| parse_path("--event-monitor", s))
                 .transpose()?,
             no_reboot: self.no_reboot,
+            seccomp: parse_seccomp(&self.seccomp)?,
         })
     }
 }

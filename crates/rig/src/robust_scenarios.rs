@@ -147,3 +147,84 @@ pub fn blk_queue_depth_256(env: &Env) -> Result<String, String> {
         results.join("; ")
     ))
 }
+
+/// Every thread of a Caravel with every kind of device, an API socket and
+/// consoles runs under a seccomp filter (`Seccomp: 2`), by default.
+pub fn seccomp_on_every_thread(env: &Env) -> Result<String, String> {
+    let disk = env.tmp.join("rig-seccomp-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let sock = env.tmp.join("rig-seccomp.sock").display().to_string();
+    let _ = std::fs::remove_file(&sock);
+    let mut args = caravel_args(
+        env,
+        "vmlinux",
+        "interactive",
+        &[
+            "--disk",
+            &format!("path={}", disk.display()),
+            "--console",
+            &format!("file={}", env.tmp.join("rig-seccomp-hvc.txt").display()),
+            "--rng",
+            "--api-socket",
+            &sock,
+            "--cpus",
+            "boot=2",
+        ],
+    );
+    if let Some(m) = args.iter_mut().find(|a| a.as_str() == "size=256M") {
+        *m = "size=256M,hotplug_size=512M,hotplugged_size=128M".into();
+    }
+    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
+    // The API's connection threads exist while a request is served; the
+    // plug happens on the virtio-mem worker: exercise both.
+    crate::scenarios::remote(env, &sock, "info")?;
+    guest_cmd(&mut s, "cat /proc/meminfo | head -1")?;
+    let pid = s.pid();
+    let mut threads = Vec::new();
+    let mut unfiltered = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())? {
+        let t = t.map_err(|e| e.to_string())?.path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string();
+        if mode != "2" {
+            unfiltered.push(format!("{} (Seccomp: {mode})", name.trim()));
+        }
+        threads.push(name.trim().to_string());
+    }
+    threads.sort();
+    s.send("poweroff")?;
+    expect_exit(&mut s, 0)?;
+    for want in [
+        "caravel",
+        "vcpu0",
+        "vcpu1",
+        "api",
+        "serial-out",
+        "hvc0-out",
+        "virtio-blk",
+        "virtio-rng",
+        "virtio-console",
+        "virtio-mem",
+    ] {
+        if !threads.iter().any(|t| t == want) {
+            return Err(format!("no thread {want} to check: {threads:?}"));
+        }
+    }
+    if !unfiltered.is_empty() {
+        return Err(format!(
+            "threads without a seccomp filter: {unfiltered:?} (all: {threads:?})"
+        ));
+    }
+    Ok(format!(
+        "{} threads, all Seccomp: 2: {}",
+        threads.len(),
+        threads.join(" ")
+    ))
+}

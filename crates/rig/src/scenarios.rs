@@ -56,6 +56,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::mem_scenarios::no_driver,
     },
     Scenario {
+        name: "seccomp-filters-on-every-thread",
+        run: crate::robust_scenarios::seccomp_on_every_thread,
+    },
+    Scenario {
         name: "virtio-blk-queue-depth-256-completes",
         run: crate::robust_scenarios::blk_queue_depth_256,
     },

@@ -11,6 +11,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{ActiveQueue, VirtioInterrupt};
 
+/// Called first thing on every worker thread (the VMM installs its sandbox
+/// there); set once, before any worker starts.
+static THREAD_START_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets the function every worker thread calls when it starts (the VMM's
+/// seccomp filter). Later calls are ignored.
+pub fn set_thread_start_hook(hook: fn()) {
+    let _ = THREAD_START_HOOK.set(hook);
+}
+
 /// Device logic run on the worker thread.
 pub trait QueueHandler: Send + 'static {
     /// Queue `index` was notified: process it. Returns true when the driver
@@ -87,6 +97,9 @@ impl<H: QueueHandler> Worker<H> {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                if let Some(hook) = THREAD_START_HOOK.get() {
+                    hook();
+                }
                 let mut events = vec![EpollEvent::default(); 8];
                 // Buffers may already be queued when the device starts.
                 let view = mem.memory();

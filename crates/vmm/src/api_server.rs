@@ -215,7 +215,10 @@ impl ApiServer {
         let ctx = Arc::new(ctx);
         let thread = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || serve(listener, ctx, stop2, &conns))
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Api);
+                serve(listener, ctx, stop2, &conns)
+            })
             .map_err(Error::io("cannot start the API thread"))?;
         Ok((
             Self {
@@ -280,8 +283,10 @@ fn serve(
         };
         match std::thread::Builder::new()
             .name("api-conn".into())
-            .spawn(move || handle_connection(stream, &ctx))
-        {
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Api);
+                handle_connection(stream, &ctx)
+            }) {
             Ok(t) => conns
                 .live
                 .lock()

@@ -32,6 +32,8 @@ pub struct VmConfig {
     pub event_monitor: Option<PathBuf>,
     /// A guest reboot ends Caravel (exit 0) instead of restarting the VM.
     pub no_reboot: bool,
+    /// The sandbox: a seccomp filter per thread kind (`--seccomp`).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// `--cpus`
@@ -175,6 +177,7 @@ impl VmConfig {
             api_socket: None,
             event_monitor: None,
             no_reboot: false,
+            seccomp: crate::seccomp::SeccompMode::Off,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod memory;
 pub mod output;
 mod pci_segment;
 mod platform;
+pub mod seccomp;
 #[doc(hidden)]
 pub mod test_support;
 mod vcpu;

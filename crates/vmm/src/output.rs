@@ -63,7 +63,10 @@ impl BoundedOutput {
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || writer(&s, out))?;
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Output);
+                writer(&s, out)
+            })?;
         Ok(Self {
             shared,
             thread: Some(thread),

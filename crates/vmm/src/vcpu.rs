@@ -61,6 +61,7 @@ pub fn spawn(vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{}", ctx.id))
         .spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Vcpu);
             let vcpu = run(vcpu, &ctx);
             done2.store(true, Ordering::Release);
             vcpu

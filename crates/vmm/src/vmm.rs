@@ -82,6 +82,8 @@ impl Vmm {
     /// returns the final exit reason.
     pub fn run(self) -> Result<ExitReason> {
         let cfg = &self.config;
+        // Threads started from here on install their filters.
+        crate::seccomp::set_mode(cfg.seccomp);
         let events = match &cfg.event_monitor {
             Some(p) => Some(Arc::new(EventMonitor::create(p).map_err(|e| {
                 Error::config(
@@ -122,6 +124,9 @@ impl Vmm {
         };
         let _raw = (cfg.serial == ConsoleConfig::Tty || cfg.console == ConsoleConfig::Tty)
             .then(RawTerminal::enter);
+        // The sandbox: from here on this thread, and every thread it starts,
+        // runs under its seccomp filter.
+        crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm).map_err(Error::Seccomp)?;
 
         let serial_dropped = Arc::new(AtomicU64::new(0));
         loop {
