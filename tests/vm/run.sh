@@ -18,6 +18,8 @@
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
+#        RIG_REBOOTS (guest reboots of reboot-loop-leaves-fds-threads-rss-flat, default 30;
+#        the issue's figure is 200, ~5.5 min),
 #        RIG_EXTRA_DIR (a directory copied to /extra in the outer VM, e.g. the kernel's KVM
 #        selftests for --exec; see docs/selftests.md)
 source "$(dirname "$0")/lib.sh"
@@ -117,7 +119,7 @@ boot_outer() {
   : > "$RUN_LOG"
   ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
       "${MACHINE[@]}" -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
-      -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
+      -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS rig.reboots=${RIG_REBOOTS:-30}$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
   local vm=$!
   tail -n +1 -f --pid=$vm "$RUN_LOG" | stdbuf -oL sed -n 's/^RIG| //p' &
   local relay=$! last=-1 idle=0

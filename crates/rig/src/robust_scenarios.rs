@@ -6,8 +6,9 @@ use crate::scenarios::{caravel_args, expect_exit, guest_cmd, BOOT_TIMEOUT};
 use crate::session::Session;
 use crate::Env;
 
-/// Reboots of the reboot-loop scenario.
-const REBOOTS: usize = 200;
+/// Reboots of the reboot-loop scenario unless the outer VM's command line
+/// says `rig.reboots=N` (tests/vm/run.sh passes `RIG_REBOOTS`).
+const REBOOTS: usize = 30;
 /// Boots before the first measurement (caches, lazily opened files).
 const WARM_BOOTS: usize = 5;
 
@@ -44,7 +45,14 @@ fn usage(pid: u32) -> Result<Usage, String> {
 /// reboots as soon as it is up: after the warm-up and after the last
 /// reboot, Caravel's fd and thread counts must be equal and its RSS flat.
 pub fn reboot_loop(env: &Env) -> Result<String, String> {
-    let reboots = REBOOTS;
+    let reboots = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|w| w.strip_prefix("rig.reboots=")?.parse().ok())
+        })
+        .unwrap_or(REBOOTS)
+        .max(WARM_BOOTS + 1);
     let disk = env.tmp.join("rig-reboot-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
     let hvc = env.tmp.join("rig-reboot-hvc.txt");
