@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let sock = std::env::temp_dir().join(format!("caravel-remote-pipe-{}.sock", std::process::id()));
+    let sock =
+        std::env::temp_dir().join(format!("caravel-remote-pipe-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
     let server = std::thread::spawn(move || {
@@ -40,5 +41,9 @@ fn a_closed_stdout_is_not_a_panic() {
     let _ = std::fs::remove_file(&sock);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_ne!(out.status.code(), Some(101), "a panic's exit status: {stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "a panic's exit status: {stderr}"
+    );
 }

@@ -41,6 +41,35 @@ fn usage(pid: u32) -> Result<Usage, String> {
     })
 }
 
+/// Caravel's arguments for guest test `test` with every kind of device: a
+/// 1 MiB virtio-blk disk, virtio-console to a file, virtio-rng and a
+/// virtio-mem region with 128 MiB plugged at boot; scratch files are named
+/// after `tag`.
+fn every_device_args(
+    env: &Env,
+    test: &str,
+    tag: &str,
+    extra: &[&str],
+) -> Result<Vec<String>, String> {
+    let disk = env.tmp.join(format!("rig-{tag}-disk.img"));
+    std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let hvc = env.tmp.join(format!("rig-{tag}-hvc.txt"));
+    let mut dev = vec![
+        "--disk".to_string(),
+        format!("path={}", disk.display()),
+        "--console".into(),
+        format!("file={}", hvc.display()),
+        "--rng".into(),
+    ];
+    dev.extend(extra.iter().map(|s| s.to_string()));
+    let dev: Vec<&str> = dev.iter().map(String::as_str).collect();
+    let mut args = caravel_args(env, "vmlinux", test, &dev);
+    if let Some(m) = args.iter_mut().find(|a| a.as_str() == "size=256M") {
+        *m = "size=256M,hotplug_size=512M,hotplugged_size=128M".into();
+    }
+    Ok(args)
+}
+
 /// A guest with every device kind (virtio-blk, -console, -rng, -mem) that
 /// reboots as soon as it is up: after the warm-up and after the last
 /// reboot, Caravel's fd and thread counts must be equal and its RSS flat.
@@ -53,24 +82,7 @@ pub fn reboot_loop(env: &Env) -> Result<String, String> {
         })
         .unwrap_or(REBOOTS)
         .max(WARM_BOOTS + 1);
-    let disk = env.tmp.join("rig-reboot-disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
-    let hvc = env.tmp.join("rig-reboot-hvc.txt");
-    let mut args = caravel_args(
-        env,
-        "vmlinux",
-        "reboot-loop",
-        &[
-            "--disk",
-            &format!("path={}", disk.display()),
-            "--console",
-            &format!("file={}", hvc.display()),
-            "--rng",
-        ],
-    );
-    if let Some(m) = args.iter_mut().find(|a| a.as_str() == "size=256M") {
-        *m = "size=256M,hotplug_size=512M,hotplugged_size=128M".into();
-    }
+    let args = every_device_args(env, "reboot-loop", "reboot", &[])?;
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     let mut first = None;
     for boot in 1..=reboots {
@@ -155,29 +167,14 @@ pub fn blk_queue_depth_256(env: &Env) -> Result<String, String> {
 /// Every thread of a Caravel with every kind of device, an API socket and
 /// consoles runs under a seccomp filter (`Seccomp: 2`), by default.
 pub fn seccomp_on_every_thread(env: &Env) -> Result<String, String> {
-    let disk = env.tmp.join("rig-seccomp-disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).map_err(|e| format!("{}: {e}", disk.display()))?;
     let sock = env.tmp.join("rig-seccomp.sock").display().to_string();
     let _ = std::fs::remove_file(&sock);
-    let mut args = caravel_args(
+    let args = every_device_args(
         env,
-        "vmlinux",
         "interactive",
-        &[
-            "--disk",
-            &format!("path={}", disk.display()),
-            "--console",
-            &format!("file={}", env.tmp.join("rig-seccomp-hvc.txt").display()),
-            "--rng",
-            "--api-socket",
-            &sock,
-            "--cpus",
-            "boot=2",
-        ],
-    );
-    if let Some(m) = args.iter_mut().find(|a| a.as_str() == "size=256M") {
-        *m = "size=256M,hotplug_size=512M,hotplugged_size=128M".into();
-    }
+        "seccomp",
+        &["--api-socket", &sock, "--cpus", "boot=2"],
+    )?;
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     // The API's connection threads exist while a request is served; the

@@ -266,13 +266,6 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_epoll_create1,
                     libc::SYS_memfd_create,
                     libc::SYS_ftruncate,
-                    libc::SYS_fallocate,
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_fsync,
-                    libc::SYS_fdatasync,
                     libc::SYS_dup,
                     libc::SYS_dup3,
                     libc::SYS_pipe2,
@@ -293,6 +286,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_mlock,
                 ],
             );
+            // Disks and virtio-mem memfds, as the workers use them.
+            allow(&mut r, WORKER_SYSCALLS);
             #[cfg(target_arch = "x86_64")]
             allow(&mut r, &[libc::SYS_unlink, libc::SYS_dup2, libc::SYS_pipe]);
         }
