@@ -73,9 +73,11 @@ fn its_snapshot(env: &Env) -> Result<String, String> {
     cfg.cpus = CpusConfig { boot_vcpus: 2 };
     cfg.memory = MemoryConfig::boot_only(256 << 20);
     cfg.rng = true;
+    // Read-only: the restored VM opens the same image while the saved
+    // one still holds it, and disk locks let only read-only users share.
     cfg.disks.push(DiskConfig {
         path: img,
-        readonly: false,
+        readonly: true,
         id: None,
     });
     let e = |e: vmm::Error| e.to_string();
