@@ -24,7 +24,7 @@ case "$test" in
     done ;;
   shell)
     marker
-    echo "Caravel demo guest: a busybox shell on ttyS0. 'poweroff -f' ends the VM."
+    echo "Caravel demo guest: a busybox shell on the console. 'poweroff -f' ends the VM."
     exec setsid cttyhack sh ;;
   reboot-loop)
     # Up, then straight back down: Caravel builds a fresh VM each time.
