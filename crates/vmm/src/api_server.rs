@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::{Error, Result};
 
 /// How long a client may take to send its whole request.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more get 503 without a thread.
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long the server waits for the VMM to carry out a command.
