@@ -112,7 +112,7 @@ impl BarMapper for Mapper {
             // BAR still works, trapped through the bus.
             let _ = self.set_slot(s, current, false);
             if let Err(e) = self.set_slot(s, mv.new, true) {
-                log::warn!(
+                devices::warn_ratelimited!(
                     "pci {devfn}: BAR {} memory slot not moved ({e}); accesses take the slow path",
                     mv.index
                 );
@@ -135,7 +135,7 @@ impl BarMapper for Mapper {
                 &IoEventAddress::Mmio(mv.new + io.offset),
                 NoDatamatch,
             ) {
-                log::warn!("pci {devfn}: ioeventfd at {:#x} not registered ({e}); notifications take the slow path", mv.new + io.offset);
+                devices::warn_ratelimited!("pci {devfn}: ioeventfd at {:#x} not registered ({e}); notifications take the slow path", mv.new + io.offset);
             }
         }
         Ok(())

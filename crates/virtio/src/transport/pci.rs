@@ -280,7 +280,7 @@ impl VirtioPciDevice {
     }
 
     fn needs_reset(&mut self, why: &str) {
-        log::warn!("{}: {why}; device needs reset", self.name);
+        devices::warn_ratelimited!("{}: {why}; device needs reset", self.name);
         self.common.status |= status::DEVICE_NEEDS_RESET;
         self.interrupt.notify_config();
     }
