@@ -6,7 +6,7 @@
 //! ITS), the old one is dropped, and a key on the new VM's UART lets the
 //! guest go on.
 
-use crate::scenarios::expect_exit;
+use crate::guest::expect_exit;
 use crate::session::Session;
 use crate::Env;
 

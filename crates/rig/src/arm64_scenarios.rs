@@ -3,7 +3,7 @@
 //! and ITS). The guest is the tiny arm64 kernel (`/guest/Image`).
 
 use crate::arm64_its_guest as its_guest;
-use crate::scenarios::{expect_exit, guest_cmd, Scenario};
+use crate::guest::{expect_exit, guest_cmd, Scenario};
 use crate::session::Session;
 use crate::Env;
 

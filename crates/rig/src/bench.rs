@@ -251,7 +251,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
 /// One blkbench result line, parsed.
 fn blkbench(s: &mut Session, mode: &str, bs: u32, secs: u32) -> Result<(f64, f64), String> {
     let lines =
-        crate::scenarios::guest_cmd(s, &format!("caravel-blkbench /dev/vda {mode} {bs} {secs}"))?;
+        crate::guest::guest_cmd(s, &format!("caravel-blkbench /dev/vda {mode} {bs} {secs}"))?;
     let line = lines
         .iter()
         .find(|l| l.starts_with("BLKBENCH"))

@@ -14,6 +14,7 @@ mod bench;
 #[cfg(target_arch = "aarch64")]
 mod capture;
 mod control;
+mod guest;
 mod mem_bench;
 mod mem_scenarios;
 mod robust_scenarios;

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::control::Control;
+use crate::guest::guest_cmd;
 use crate::mem_scenarios::{mem_total, rss};
-use crate::scenarios::guest_cmd;
 use crate::session::Session;
 use crate::Env;
 

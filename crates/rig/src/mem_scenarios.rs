@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::scenarios::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
+use crate::guest::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
 use crate::session::Session;
 use crate::Env;
 

@@ -2,7 +2,7 @@
 //! Caravel grow (fds, threads, RSS), and a virtio-blk queue kept full by the
 //! guest must keep moving.
 
-use crate::scenarios::{caravel_args, expect_exit, guest_cmd, BOOT_TIMEOUT};
+use crate::guest::{caravel_args, expect_exit, guest_cmd, BOOT_TIMEOUT};
 use crate::session::Session;
 use crate::Env;
 
@@ -179,7 +179,7 @@ pub fn seccomp_on_every_thread(env: &Env) -> Result<String, String> {
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     // The API's connection threads exist while a request is served; the
     // plug happens on the virtio-mem worker: exercise both.
-    crate::scenarios::remote(env, &sock, "info")?;
+    crate::guest::remote(env, &sock, "info")?;
     guest_cmd(&mut s, "cat /proc/meminfo | head -1")?;
     let pid = s.pid();
     let mut threads = Vec::new();

@@ -1,17 +1,8 @@
 //! The scenarios. Each returns a one-line detail on success or an explanation.
 
-use std::time::Duration;
-
+use crate::guest::{caravel_args, expect_exit, field, guest_cmd, remote, Scenario, BOOT_TIMEOUT};
 use crate::session::Session;
 use crate::Env;
-
-/// A named scenario.
-pub struct Scenario {
-    /// TAP test name.
-    pub name: &'static str,
-    /// Runs it.
-    pub run: fn(&Env) -> Result<String, String>,
-}
 
 /// Every scenario, in run order.
 pub const ALL: &[Scenario] = &[
@@ -68,38 +59,6 @@ pub const ALL: &[Scenario] = &[
         run: crate::robust_scenarios::reboot_loop,
     },
 ];
-
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub fn caravel_args(env: &Env, kernel: &str, test: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--kernel".into(),
-        env.guest(kernel),
-        "--initramfs".into(),
-        env.guest("initrd.cpio.gz"),
-        "--cmdline".into(),
-        format!("console=ttyS0 quiet panic=-1 caravel.test={test}"),
-        "--memory".into(),
-        "size=256M".into(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key))
-}
-
-pub fn expect_exit(s: &mut Session, code: i32) -> Result<Duration, String> {
-    let (status, t) = s.wait(BOOT_TIMEOUT)?;
-    if status.code() != Some(code) {
-        return Err(format!(
-            "exit status {status}, expected {code}\n{}",
-            s.tail()
-        ));
-    }
-    Ok(t)
-}
 
 fn boot_and_count_cpus(env: &Env, kernel: &str) -> Result<String, String> {
     let mut s = Session::spawn(
@@ -173,21 +132,6 @@ fn no_reboot(env: &Env) -> Result<String, String> {
     Ok(format!("exit 0 at {:.2} s", t.as_secs_f64()))
 }
 
-pub fn remote(env: &Env, sock: &str, cmd: &str) -> Result<String, String> {
-    let out = std::process::Command::new(env.bin("caravel-remote"))
-        .args(["--api-socket", sock, cmd])
-        .output()
-        .map_err(|e| format!("cannot run caravel-remote: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "caravel-remote {cmd} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn api_info_shutdown(env: &Env) -> Result<String, String> {
     let sock = env.tmp.join("rig-api.sock").display().to_string();
     let _ = std::fs::remove_file(&sock);
@@ -250,26 +194,6 @@ fn not_a_kernel(env: &Env) -> Result<String, String> {
 }
 
 /// Runs one shell command in an `interactive` guest; returns its output lines.
-pub fn guest_cmd(s: &mut Session, cmd: &str) -> Result<Vec<String>, String> {
-    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
-    let start = s.transcript.len();
-    s.send(cmd)?;
-    let (done, _) = s.expect("CARAVEL-DONE", BOOT_TIMEOUT)?;
-    if !done.contains("rc=0") {
-        return Err(format!(
-            "guest command `{cmd}` failed: {done}\n{}",
-            s.tail()
-        ));
-    }
-    // Lines between our command's echo and the DONE marker.
-    let lines = &s.transcript[start..s.transcript.len() - 1];
-    Ok(lines
-        .iter()
-        .filter(|l| !l.contains("CARAVEL-GOT") && !l.contains("CARAVEL-READY"))
-        .cloned()
-        .collect())
-}
-
 fn host_md5(path: &std::path::Path) -> Result<String, String> {
     let out = std::process::Command::new("md5sum")
         .arg(path)

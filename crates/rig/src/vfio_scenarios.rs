@@ -16,8 +16,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::guest::{caravel_args, expect_exit, guest_cmd, Scenario};
 use crate::mem_scenarios;
-use crate::scenarios::{caravel_args, expect_exit, guest_cmd, Scenario};
 use crate::session::Session;
 use crate::Env;
 
