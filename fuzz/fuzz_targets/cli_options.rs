@@ -1,5 +1,5 @@
 //! Fuzzes the CLI option parsers (`--cpus`, `--memory`, `--disk`,
-//! `--device`, `--serial`/`--console`): any string gives a value or an
+//! `--device`, `--seccomp`, `--serial`/`--console`): any string gives a value or an
 //! error that names the flag.
 #![no_main]
 
@@ -13,11 +13,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(rest) else {
         return;
     };
-    let flag = match which % 5 {
+    let flag = match which % 6 {
         0 => cli::parse_cpus(s).err().map(|e| e.to_string()),
         1 => cli::parse_memory(s).err().map(|e| e.to_string()),
         2 => cli::parse_disk(s).err().map(|e| e.to_string()),
         3 => cli::parse_device(s).err().map(|e| e.to_string()),
+        4 => cli::parse_seccomp(s).err().map(|e| e.to_string()),
         _ => cli::parse_console("--serial", s).err().map(|e| e.to_string()),
     };
     if let Some(msg) = flag {

@@ -678,4 +678,15 @@ mod tests {
         assert!(Args::try_parse_from(["caravel"]).is_err());
         assert!(args(&["--frobnicate"]).is_err());
     }
+
+    #[test]
+    fn seccomp_is_on_by_default_with_cloud_hypervisors_values() {
+        let mode = |extra: &[&str]| args(extra).unwrap().to_config().unwrap().seccomp;
+        assert_eq!(mode(&[]), SeccompMode::Enforce);
+        assert_eq!(mode(&["--seccomp", "false"]), SeccompMode::Off);
+        assert_eq!(mode(&["--seccomp", "log"]), SeccompMode::Log);
+        assert_eq!(mode(&["--seccomp", "true"]), SeccompMode::Enforce);
+        assert!(err(&["--seccomp", "strict"])
+            .starts_with("--seccomp: 'strict' is not true, false or log"));
+    }
 }

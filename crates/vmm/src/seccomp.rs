@@ -21,15 +21,17 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-/// What `--seccomp` asked for.
+/// What `--seccomp` asked for (shown in `vm.info` with the flag's values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum SeccompMode {
     /// No filter (`--seccomp false`).
+    #[serde(rename = "false")]
     Off,
     /// A forbidden syscall ends Caravel with a message (`--seccomp true`, the default).
+    #[serde(rename = "true")]
     Enforce,
     /// Forbidden syscalls are allowed and logged by the kernel (`--seccomp log`).
+    #[serde(rename = "log")]
     Log,
 }
 
