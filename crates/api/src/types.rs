@@ -22,6 +22,8 @@ pub enum VmState {
     Created,
     /// vCPUs running.
     Running,
+    /// vCPUs stopped by `vm.pause`, each with its last exit completed.
+    Paused,
     /// Stopping.
     Shutdown,
 }

@@ -41,6 +41,10 @@ pub enum Command {
     Counters,
     /// Shut the VM down; caravel then exits with status 0.
     Shutdown,
+    /// Pause the VM: its vCPUs stop (devices and the API stay up).
+    Pause,
+    /// Resume a paused VM.
+    Resume,
     /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
     Resize {
         /// Total RAM wanted, e.g. 768M (boot size + a multiple of the block size).
@@ -140,6 +144,8 @@ pub fn run(args: &RemoteArgs) -> Outcome {
         Command::Info => (Method::Get, "vm.info"),
         Command::Counters => (Method::Get, "vm.counters"),
         Command::Shutdown => (Method::Put, "vm.shutdown"),
+        Command::Pause => (Method::Put, "vm.pause"),
+        Command::Resume => (Method::Put, "vm.resume"),
         Command::Resize { memory, .. } => match arch::parse_size(memory) {
             Ok(bytes) => {
                 body = Some(

@@ -27,6 +27,10 @@ pub const ALL: &[Scenario] = &[
         run: api_info_shutdown,
     },
     Scenario {
+        name: "api-pause-resume",
+        run: pause_resume,
+    },
+    Scenario {
         name: "not-a-kernel-exits-2",
         run: not_a_kernel,
     },
@@ -130,6 +134,54 @@ fn no_reboot(env: &Env) -> Result<String, String> {
         return Err(format!("{boots} boots seen, expected 1"));
     }
     Ok(format!("exit 0 at {:.2} s", t.as_secs_f64()))
+}
+
+/// `vm.pause` stops the guest (typed input is not answered, `vm.info` says
+/// Paused, a second pause is refused), `vm.resume` lets it go on where it
+/// stopped (the input typed meanwhile is answered).
+fn pause_resume(env: &Env) -> Result<String, String> {
+    let sock = env.tmp.join("rig-pause.sock").display().to_string();
+    let _ = std::fs::remove_file(&sock);
+    let mut s = Session::spawn(
+        &env.bin("caravel"),
+        &caravel_args(
+            env,
+            "vmlinux",
+            "interactive",
+            &["--api-socket", &sock, "--cpus", "boot=2"],
+        ),
+    )?;
+    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    let state = |env: &Env| -> Result<String, String> {
+        let info: serde_json::Value = serde_json::from_str(&remote(env, &sock, "info")?)
+            .map_err(|e| format!("vm.info is not JSON: {e}"))?;
+        Ok(info["state"].as_str().unwrap_or("?").to_string())
+    };
+    remote(env, &sock, "pause")?;
+    if state(env)? != "Paused" {
+        return Err(format!("vm.info after vm.pause: {}", state(env)?));
+    }
+    if remote(env, &sock, "pause").is_ok() {
+        return Err("a second vm.pause was accepted".into());
+    }
+    s.send("echo typed-while-paused")?;
+    if let Ok((line, _)) = s.expect("CARAVEL-GOT", std::time::Duration::from_secs(3)) {
+        return Err(format!("the paused guest answered: {line}"));
+    }
+    let resumed = std::time::Instant::now();
+    remote(env, &sock, "resume")?;
+    if state(env)? != "Running" {
+        return Err(format!("vm.info after vm.resume: {}", state(env)?));
+    }
+    s.expect("CARAVEL-GOT echo typed-while-paused", BOOT_TIMEOUT)?;
+    let answered = resumed.elapsed();
+    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    s.send("poweroff")?;
+    expect_exit(&mut s, 0)?;
+    Ok(format!(
+        "paused: no answer for 3 s, second pause refused; resumed: answered after {:.2} s; exit 0",
+        answered.as_secs_f64()
+    ))
 }
 
 fn api_info_shutdown(env: &Env) -> Result<String, String> {

@@ -85,6 +85,10 @@ impl ApiShared {
 pub enum ApiCommand {
     /// Stop the VM and exit (`vm.shutdown`, `vmm.shutdown`).
     Shutdown,
+    /// Stop the vCPUs, keep the VM (`vm.pause`).
+    Pause,
+    /// Start the vCPUs of a paused VM again (`vm.resume`).
+    Resume,
     /// Set total guest RAM (`vm.resize`).
     Resize {
         /// Boot RAM plus hotplugged memory, in bytes.
@@ -376,12 +380,15 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     }
 }
 
-/// Known endpoints and the method each accepts.
-const ENDPOINTS: &[(&str, Method)] = &[
+/// Known endpoints and the method each accepts (`docs/api.yaml` lists the
+/// same; a test compares them).
+pub const ENDPOINTS: &[(&str, Method)] = &[
     ("vmm.ping", Method::Get),
     ("vm.info", Method::Get),
     ("vm.counters", Method::Get),
     ("vm.shutdown", Method::Put),
+    ("vm.pause", Method::Put),
+    ("vm.resume", Method::Put),
     ("vm.resize", Method::Put),
     ("vmm.shutdown", Method::Put),
 ];
@@ -442,6 +449,8 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
             json(&counters)
         }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
+        "vm.pause" => send_command(ctx, ApiCommand::Pause),
+        "vm.resume" => send_command(ctx, ApiCommand::Resume),
         "vm.resize" => match api::types::from_json_object::<api::types::VmResizeRequest>(&req.body)
         {
             Err(e) => Response::error(
@@ -555,6 +564,64 @@ mod tests {
         });
         assert_eq!(call(&path, Method::Put, "/api/v1/vm.shutdown").status, 204);
         assert_eq!(vmm.join().unwrap(), ApiCommand::Shutdown);
+    }
+
+    /// The OpenAPI file lists exactly the endpoints and methods the router
+    /// serves, so the two cannot drift.
+    #[test]
+    fn the_openapi_file_matches_the_router() {
+        let yaml = include_str!("../../../docs/api.yaml");
+        let mut documented = Vec::new();
+        let mut path: Option<String> = None;
+        let mut in_paths = false;
+        for line in yaml.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line.starts_with("paths:");
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+                path = Some(p.to_string());
+            } else if let (Some(p), Some(m)) = (&path, line.strip_prefix("    ")) {
+                if let Some(m) = m.strip_suffix(':').filter(|m| !m.starts_with(' ')) {
+                    documented.push((p.clone(), m.to_uppercase()));
+                }
+            }
+        }
+        let mut routed: Vec<_> = ENDPOINTS
+            .iter()
+            .map(|(p, m)| (p.to_string(), m.as_str().to_string()))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(
+            documented, routed,
+            "docs/api.yaml vs the router's ENDPOINTS"
+        );
+    }
+
+    #[test]
+    fn pause_and_resume_go_through_the_vmm() {
+        let path = socket("pause");
+        let (_server, cmds) = ApiServer::start(&path, shared()).unwrap();
+        let vmm = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (cmd, reply) = cmds.rx.recv().unwrap();
+                reply.send(Response::no_content()).unwrap();
+                seen.push(cmd);
+            }
+            seen
+        });
+        assert_eq!(call(&path, Method::Put, "/api/v1/vm.pause").status, 204);
+        assert_eq!(call(&path, Method::Put, "/api/v1/vm.resume").status, 204);
+        assert_eq!(
+            vmm.join().unwrap(),
+            vec![ApiCommand::Pause, ApiCommand::Resume]
+        );
+        assert_eq!(call(&path, Method::Get, "/api/v1/vm.pause").status, 405);
     }
 
     #[test]

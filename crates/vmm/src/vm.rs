@@ -281,7 +281,33 @@ impl Vm {
         &self.vm_fd
     }
 
-    /// Starts one thread per vCPU.
+    /// Becomes readable when the VM wants to stop (also while paused).
+    pub fn exit_event(&self) -> &EventFd {
+        self.exit.event()
+    }
+
+    /// The reason recorded so far, if any.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.get()
+    }
+
+    /// Asks the VM to stop with `reason` (unless it already has one).
+    pub fn request_exit(&self, reason: ExitReason) {
+        self.exit.set(reason);
+    }
+
+    /// COM1, for feeding input.
+    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.serial
+    }
+
+    /// Becomes readable when COM1's receive FIFO has drained.
+    pub fn serial_input_wanted(&self) -> &EventFd {
+        &self.serial_input_wanted
+    }
+
+    /// Starts one thread per vCPU (again after [`RunningVm::pause`]: the
+    /// vCPUs continue where they stopped).
     pub fn start(mut self) -> Result<RunningVm> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();

@@ -43,6 +43,45 @@ extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
+/// The VM of the current boot: running, or paused by `vm.pause`.
+enum Guest {
+    Running(RunningVm),
+    Paused(Vm),
+}
+
+impl Guest {
+    fn vm(&self) -> &Vm {
+        match self {
+            Guest::Running(r) => r.vm(),
+            Guest::Paused(v) => v,
+        }
+    }
+
+    /// Stops the vCPUs (each with its last exit completed); devices stay.
+    fn pause(self) -> Self {
+        match self {
+            Guest::Running(r) => Guest::Paused(r.pause()),
+            paused => paused,
+        }
+    }
+
+    /// Starts the vCPUs again where they stopped.
+    fn resume(self) -> Result<Self> {
+        match self {
+            Guest::Paused(v) => Ok(Guest::Running(v.start()?)),
+            running => Ok(running),
+        }
+    }
+
+    /// Stops everything and says why the VM stopped.
+    fn stop(self) -> ExitReason {
+        match self {
+            Guest::Running(r) => r.stop(),
+            Guest::Paused(v) => v.exit_reason().unwrap_or(ExitReason::Shutdown),
+        }
+    }
+}
+
 /// Runs VMs for one configuration until the guest powers off, the host asks
 /// it to stop, or it crashes.
 pub struct Vmm {
@@ -154,7 +193,12 @@ impl Vmm {
                 Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
             );
             let running = vm.start()?;
-            let reason = self.event_loop(running, api_commands.as_ref(), &mut hotplug_requested)?;
+            let reason = self.event_loop(
+                running,
+                api_commands.as_ref(),
+                &mut hotplug_requested,
+                &shared,
+            )?;
             {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.state = VmState::Created;
@@ -179,10 +223,10 @@ impl Vmm {
         }
     }
 
-    /// Checks a `vm.resize` and applies it to the running VM.
-    fn resize(&self, running: &RunningVm, desired_ram: u64) -> std::result::Result<u64, String> {
+    /// Checks a `vm.resize` and applies it to the VM (running or paused).
+    fn resize(&self, vm: &Vm, desired_ram: u64) -> std::result::Result<u64, String> {
         let cfg = &self.config.memory;
-        let (Some(h), Some(dev)) = (cfg.hotplug, running.vm().memory_device()) else {
+        let (Some(h), Some(dev)) = (cfg.hotplug, vm.memory_device()) else {
             return Err(
                 "this VM has no hotplug memory (start it with --memory size=..,hotplug_size=SIZE)"
                     .into(),
@@ -213,7 +257,12 @@ impl Vmm {
         running: RunningVm,
         api: Option<&ApiCommands>,
         hotplug_requested: &mut Option<u64>,
+        shared: &Mutex<ApiShared>,
     ) -> Result<ExitReason> {
+        let mut guest = Guest::Running(running);
+        let set_state = |state: VmState| {
+            shared.lock().unwrap_or_else(|e| e.into_inner()).state = state;
+        };
         let epoll = Epoll::new().map_err(Error::io("epoll"))?;
         let add = |fd: i32, token: u64| {
             epoll.ctl(
@@ -222,9 +271,9 @@ impl Vmm {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        add(running.exit_event().as_raw_fd(), TOKEN_EXIT).map_err(Error::io("epoll"))?;
+        add(guest.vm().exit_event().as_raw_fd(), TOKEN_EXIT).map_err(Error::io("epoll"))?;
         add(
-            running.serial_input_wanted().as_raw_fd(),
+            guest.vm().serial_input_wanted().as_raw_fd(),
             TOKEN_SERIAL_WANTED,
         )
         .map_err(Error::io("epoll"))?;
@@ -242,7 +291,7 @@ impl Vmm {
         let mut pending_replies = Vec::new();
 
         let mut events = vec![EpollEvent::default(); 8];
-        while running.exit_reason().is_none() {
+        while guest.vm().exit_reason().is_none() {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -251,7 +300,8 @@ impl Vmm {
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_STDIN => {
-                        let room = running
+                        let room = guest
+                            .vm()
                             .serial()
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -278,7 +328,8 @@ impl Vmm {
                                 stdin_open = false;
                             }
                             Ok(n) => {
-                                running
+                                guest
+                                    .vm()
                                     .serial()
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
@@ -287,7 +338,7 @@ impl Vmm {
                         }
                     }
                     TOKEN_SERIAL_WANTED => {
-                        let _ = running.serial_input_wanted().read();
+                        let _ = guest.vm().serial_input_wanted().read();
                         if stdin_open && !stdin_polled {
                             stdin_polled = add(stdin_fd, TOKEN_STDIN).is_ok();
                         }
@@ -298,14 +349,34 @@ impl Vmm {
                             while let Ok((cmd, reply)) = api.rx.try_recv() {
                                 match cmd {
                                     ApiCommand::Shutdown => {
-                                        running.request_exit(ExitReason::Shutdown);
+                                        guest.vm().request_exit(ExitReason::Shutdown);
                                         pending_replies.push(reply);
                                     }
+                                    ApiCommand::Pause => {
+                                        let r = if matches!(guest, Guest::Paused(_)) {
+                                            Response::error(409, "the VM is already paused")
+                                        } else {
+                                            guest = guest.pause();
+                                            set_state(VmState::Paused);
+                                            Response::no_content()
+                                        };
+                                        let _ = reply.send(r);
+                                    }
+                                    ApiCommand::Resume => {
+                                        let r = if matches!(guest, Guest::Running(_)) {
+                                            Response::error(409, "the VM is not paused")
+                                        } else {
+                                            guest = guest.resume()?;
+                                            set_state(VmState::Running);
+                                            Response::no_content()
+                                        };
+                                        let _ = reply.send(r);
+                                    }
                                     ApiCommand::Resize { desired_ram } => {
-                                        let r = match self.resize(&running, desired_ram) {
+                                        let r = match self.resize(guest.vm(), desired_ram) {
                                             Ok(requested) => {
                                                 *hotplug_requested = Some(requested);
-                                                if let Some(ev) = &running.vm().events() {
+                                                if let Some(ev) = &guest.vm().events() {
                                                     ev.emit("memory", "resize", Some(serde_json::json!({ "requested_size": requested })));
                                                 }
                                                 Response::no_content()
@@ -323,14 +394,14 @@ impl Vmm {
                             let _ = sig.read();
                         }
                         log::info!("termination signal: stopping the VM");
-                        running.request_exit(ExitReason::Shutdown);
+                        guest.vm().request_exit(ExitReason::Shutdown);
                     }
                     _ => {}
                 }
             }
         }
-        let _ = running.exit_event().read();
-        let reason = running.stop();
+        let _ = guest.vm().exit_event().read();
+        let reason = guest.stop();
         for reply in pending_replies {
             let _ = reply.send(Response::no_content());
         }

@@ -299,6 +299,49 @@ fn a_halted_guest_is_stopped_on_request() {
     assert_eq!(running.stop(), ExitReason::Shutdown);
 }
 
+/// A paused guest does not run; resumed, it continues where it stopped
+/// (the vCPU keeps its state across pause and start).
+#[test]
+fn a_paused_guest_stops_and_a_resumed_one_goes_on() {
+    if !kvm_available() {
+        return;
+    }
+    use vm_memory::{Bytes, GuestAddress};
+    guest_asm::guest_code!(
+        count,
+        ".code64",
+        "mov rdi, 0x200000",
+        "2: inc qword ptr [rdi]",
+        "jmp 2b"
+    );
+    let (vm, _out) = build(&config(1, vec![(CODE_ADDR, count::code().to_vec())]));
+    let counter = |vm: &Vm| {
+        vm.memory()
+            .read_obj::<u64>(GuestAddress(0x20_0000))
+            .unwrap()
+    };
+    let wait_past = |vm: &Vm, v: u64| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while counter(vm) <= v && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        counter(vm)
+    };
+    let running = vm.start().unwrap();
+    assert!(wait_past(running.vm(), 0) > 0, "the guest never counted");
+    let paused = running.pause();
+    let at_pause = counter(&paused);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(counter(&paused), at_pause, "a paused guest ran");
+    let running = paused.start().unwrap();
+    assert!(
+        wait_past(running.vm(), at_pause) > at_pause,
+        "the resumed guest did not continue"
+    );
+    running.request_exit(ExitReason::Shutdown);
+    assert_eq!(running.stop(), ExitReason::Shutdown);
+}
+
 /// COM1 output into a pipe that nobody reads: the guest keeps writing, and
 /// the VM still stops when asked (output is dropped and counted instead of
 /// blocking the vCPU in write(2)).
