@@ -19,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
         2 => cli::parse_disk(s).err().map(|e| e.to_string()),
         3 => cli::parse_device(s).err().map(|e| e.to_string()),
         4 => cli::parse_seccomp(s).err().map(|e| e.to_string()),
-        _ => cli::parse_console("--serial", s).err().map(|e| e.to_string()),
+        _ => cli::parse_console("--serial", s)
+            .err()
+            .map(|e| e.to_string()),
     };
     if let Some(msg) = flag {
         assert!(msg.starts_with("--"), "an error that names no flag: {msg}");
