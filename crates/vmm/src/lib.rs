@@ -38,6 +38,8 @@ pub use error::Error;
 pub use exit::ExitReason;
 pub use vm::{RunningVm, Vm};
 pub use vmm::Vmm;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::snapshot::VmState as X86VmState;
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -347,6 +347,55 @@ impl Drop for Vm {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Vm {
+    /// Saves a paused VM ([`RunningVm::pause`]): vCPUs, irqchip, PIT and
+    /// clock; with guest memory ([`Vm::memory`]) that is the whole VM.
+    /// Device models are not saved yet, so a VM with PCI devices is refused;
+    /// the UART restarts from its reset state.
+    pub fn snapshot(&self) -> Result<crate::x86_64::snapshot::VmState> {
+        self.refuse_devices_in_snapshot()?;
+        if self.vcpus.is_empty() {
+            return Err(Error::Snapshot(
+                "the VM is running: pause it first (RunningVm::pause)".into(),
+            ));
+        }
+        crate::x86_64::snapshot::save(&self.vm_fd, &self.vcpus)
+    }
+
+    /// Restores a snapshot into this VM, built from the same configuration
+    /// and not started: guest memory is copied from `memory` (the saved
+    /// VM's), then vCPUs, PIT, clock and irqchip in KVM's order.
+    pub fn restore(
+        &self,
+        st: &crate::x86_64::snapshot::VmState,
+        memory: &GuestMemoryMmap,
+    ) -> Result<()> {
+        memory::copy_guest_memory(memory, &self.ram.memory).map_err(Error::Snapshot)?;
+        crate::x86_64::snapshot::restore(&self.vm_fd, &self.vcpus, st)
+    }
+}
+
+impl Vm {
+    /// Snapshots do not carry device models yet: name the devices that stop one.
+    fn refuse_devices_in_snapshot(&self) -> Result<()> {
+        let devices = self.devices();
+        if devices.is_empty() && self.mem_device.is_none() {
+            return Ok(());
+        }
+        let names: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
+        Err(Error::Snapshot(format!(
+            "the VM has PCI devices ({}{}), whose state snapshots do not carry yet",
+            names.join(", "),
+            if self.mem_device.is_some() {
+                " virtio-mem"
+            } else {
+                ""
+            }
+        )))
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 impl Vm {
     /// Saves the ITS of a paused VM ([`RunningVm::pause`]): tables and
@@ -366,19 +415,7 @@ impl Vm {
     /// are not saved yet, so a VM with PCI devices is refused; the UART
     /// restarts from its reset state.
     pub fn snapshot(&self) -> Result<crate::aarch64::snapshot::VmState> {
-        let devices = self.devices();
-        if !devices.is_empty() || self.mem_device.is_some() {
-            let names: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
-            return Err(Error::Snapshot(format!(
-                "the VM has PCI devices ({}{}), whose state snapshots do not carry yet",
-                names.join(", "),
-                if self.mem_device.is_some() {
-                    " virtio-mem"
-                } else {
-                    ""
-                }
-            )));
-        }
+        self.refuse_devices_in_snapshot()?;
         if self.vcpus.len() != self.arch_state.mpidrs.len() {
             return Err(Error::Snapshot(
                 "the VM is running: pause it first (RunningVm::pause)".into(),

@@ -342,6 +342,71 @@ fn a_paused_guest_stops_and_a_resumed_one_goes_on() {
     assert_eq!(running.stop(), ExitReason::Shutdown);
 }
 
+/// A paused VM saved with `Vm::snapshot` and restored into a fresh VM built
+/// from the same configuration goes on where it stopped: the counter in its
+/// memory continues from the saved value because RAX (the count) and RIP
+/// came along (a vCPU started afresh would count from 0 again), and the
+/// state passes through serde.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_snapshot_restored_into_a_new_vm_continues() {
+    if !kvm_available() {
+        return;
+    }
+    use vm_memory::{Bytes, GuestAddress};
+    guest_asm::guest_code!(
+        count_on,
+        ".code64",
+        "mov rdi, 0x200000",
+        "xor eax, eax",
+        "2: inc rax",
+        "mov [rdi], rax",
+        "jmp 2b"
+    );
+    let cfg = config(1, vec![(CODE_ADDR, count_on::code().to_vec())]);
+    let counter = |vm: &Vm| {
+        vm.memory()
+            .read_obj::<u64>(GuestAddress(0x20_0000))
+            .unwrap()
+    };
+    let (vm, _out) = build(&cfg);
+    let running = vm.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while counter(running.vm()) < 100_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let old = running.pause();
+    let saved = counter(&old);
+    assert!(saved >= 100_000, "the guest did not count: {saved}");
+    let st = old.snapshot().unwrap();
+    // Through serde, as a snapshot file will carry it.
+    let json = serde_json::to_vec(&st).unwrap();
+    let st: vmm::X86VmState = serde_json::from_slice(&json).unwrap();
+    assert_eq!(st.vcpus.len(), 1);
+    let (fresh, _out2) = build(&cfg);
+    fresh.restore(&st, old.memory()).unwrap();
+    drop(old);
+    assert_eq!(counter(&fresh), saved, "memory copied");
+    // Zero the counter: the next value the guest stores tells where RAX
+    // was (saved + 1 when the vCPU state came along; 1 when it started over).
+    fresh
+        .memory()
+        .write_obj(0u64, GuestAddress(0x20_0000))
+        .unwrap();
+    let running = fresh.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut first = 0;
+    while first == 0 && std::time::Instant::now() < deadline {
+        first = counter(running.vm());
+    }
+    running.request_exit(ExitReason::Shutdown);
+    assert_eq!(running.stop(), ExitReason::Shutdown);
+    assert!(
+        first > saved,
+        "the restored guest counted from {first}, not on from {saved}"
+    );
+}
+
 /// COM1 output into a pipe that nobody reads: the guest keeps writing, and
 /// the VM still stops when asked (output is dropped and counted instead of
 /// blocking the vCPU in write(2)).

@@ -18,6 +18,7 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use crate::{Error, Result};
 
 pub mod platform;
+pub mod snapshot;
 
 /// Host facts read once per VM.
 pub struct HostCpu {
