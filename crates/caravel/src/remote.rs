@@ -37,7 +37,8 @@ pub enum Command {
     /// Print the VM's configuration and state as JSON.
     Info,
     /// Print the VM's counters as JSON: {"kvm": {...}}, KVM's vCPU
-    /// statistics (exits by type, halts, ...) summed over vCPUs.
+    /// statistics (exits by type, halts, ...) summed over vCPUs, and
+    /// {"console": {...}}, console output dropped because the host did not read.
     Counters,
     /// Shut the VM down; caravel then exits with status 0.
     Shutdown,
