@@ -54,7 +54,7 @@ pub struct VcpuState {
 /// Everything but guest memory and device models.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
-    /// [`STATE_VERSION`] when saved.
+    /// `STATE_VERSION` when saved.
     pub version: u32,
     /// Per vCPU, in index order.
     pub vcpus: Vec<VcpuState>,
