@@ -80,3 +80,25 @@ pub fn guest_cmd(s: &mut Session, cmd: &str) -> Result<Vec<String>, String> {
         .cloned()
         .collect())
 }
+
+/// Starts `caravel` with 2 vCPUs for guest test `test` and an API socket
+/// named after `tag` (a stale one is removed first); returns the session
+/// and the socket's path.
+pub fn spawn_with_api(env: &Env, tag: &str, test: &str) -> Result<(Session, String), String> {
+    let sock = env
+        .tmp
+        .join(format!("rig-{tag}.sock"))
+        .display()
+        .to_string();
+    let _ = std::fs::remove_file(&sock);
+    let s = Session::spawn(
+        &env.bin("caravel"),
+        &caravel_args(
+            env,
+            "vmlinux",
+            test,
+            &["--api-socket", &format!("path={sock}"), "--cpus", "boot=2"],
+        ),
+    )?;
+    Ok((s, sock))
+}

@@ -1,6 +1,8 @@
 //! The scenarios. Each returns a one-line detail on success or an explanation.
 
-use crate::guest::{caravel_args, expect_exit, field, guest_cmd, remote, Scenario, BOOT_TIMEOUT};
+use crate::guest::{
+    caravel_args, expect_exit, field, guest_cmd, remote, spawn_with_api, Scenario, BOOT_TIMEOUT,
+};
 use crate::session::Session;
 use crate::Env;
 
@@ -140,17 +142,7 @@ fn no_reboot(env: &Env) -> Result<String, String> {
 /// Paused, a second pause is refused), `vm.resume` lets it go on where it
 /// stopped (the input typed meanwhile is answered).
 fn pause_resume(env: &Env) -> Result<String, String> {
-    let sock = env.tmp.join("rig-pause.sock").display().to_string();
-    let _ = std::fs::remove_file(&sock);
-    let mut s = Session::spawn(
-        &env.bin("caravel"),
-        &caravel_args(
-            env,
-            "vmlinux",
-            "interactive",
-            &["--api-socket", &sock, "--cpus", "boot=2"],
-        ),
-    )?;
+    let (mut s, sock) = spawn_with_api(env, "pause", "interactive")?;
     s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
     let state = |env: &Env| -> Result<String, String> {
         let info: serde_json::Value = serde_json::from_str(&remote(env, &sock, "info")?)
@@ -185,17 +177,7 @@ fn pause_resume(env: &Env) -> Result<String, String> {
 }
 
 fn api_info_shutdown(env: &Env) -> Result<String, String> {
-    let sock = env.tmp.join("rig-api.sock").display().to_string();
-    let _ = std::fs::remove_file(&sock);
-    let mut s = Session::spawn(
-        &env.bin("caravel"),
-        &caravel_args(
-            env,
-            "vmlinux",
-            "idle",
-            &["--api-socket", &format!("path={sock}"), "--cpus", "boot=2"],
-        ),
-    )?;
+    let (mut s, sock) = spawn_with_api(env, "api", "idle")?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     let info: serde_json::Value = serde_json::from_str(&remote(env, &sock, "info")?)
         .map_err(|e| format!("vm.info is not JSON: {e}"))?;

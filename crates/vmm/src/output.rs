@@ -77,6 +77,7 @@ impl BoundedOutput {
 impl Write for BoundedOutput {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let mut buf = self.shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = buf.is_empty();
         let room = self.shared.capacity.saturating_sub(buf.len());
         let take = data.len().min(room);
         buf.extend(&data[..take]);
@@ -86,7 +87,11 @@ impl Write for BoundedOutput {
                 .fetch_add((data.len() - take) as u64, Ordering::Relaxed);
         }
         drop(buf);
-        self.shared.ready.notify_one();
+        // The writer only sleeps on an empty buffer (checked under the same
+        // lock): wake it on the first byte, not on every byte a UART sends.
+        if was_empty && take > 0 {
+            self.shared.ready.notify_one();
+        }
         // Accepted, whether buffered or dropped: the guest never waits.
         Ok(data.len())
     }

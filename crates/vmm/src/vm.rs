@@ -309,31 +309,24 @@ impl Vm {
     /// Starts one thread per vCPU (again after [`RunningVm::pause`]: the
     /// vCPUs continue where they stopped).
     pub fn start(mut self) -> Result<RunningVm> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::new();
+        // On an early return the threads started so far are stopped (Drop).
+        let mut threads = VcpuThreads {
+            handles: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let ctx = VcpuContext {
                 id: id as u8,
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),
                 exit: self.exit.clone(),
-                stop: stop.clone(),
+                stop: threads.stop.clone(),
                 events: self.events.clone(),
             };
-            match vcpu::spawn(fd, ctx) {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    stop.store(true, Ordering::Release);
-                    drop(vcpu::stop_all(handles));
-                    return Err(Error::io("cannot start a vCPU thread")(e));
-                }
-            }
+            let h = vcpu::spawn(fd, ctx).map_err(Error::io("cannot start a vCPU thread"))?;
+            threads.handles.push(h);
         }
-        Ok(RunningVm {
-            handles,
-            stop,
-            vm: Some(self),
-        })
+        Ok(RunningVm { threads, vm: self })
     }
 }
 
@@ -531,83 +524,85 @@ fn add_virtio_devices(
     Ok(())
 }
 
+/// The vCPU threads of a running VM; dropping it stops and joins them.
+struct VcpuThreads {
+    handles: Vec<VcpuHandle>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuThreads {
+    /// Stops the threads (if still running) and returns their vCPU fds.
+    fn stop(&mut self) -> Vec<VcpuFd> {
+        self.stop.store(true, Ordering::Release);
+        vcpu::stop_all(std::mem::take(&mut self.handles))
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        drop(self.stop());
+    }
+}
+
 /// A VM whose vCPUs are running.
 ///
 /// Dropping it (on any path, errors included) stops and joins the vCPU
-/// threads before the [`Vm`] itself is torn down.
+/// threads before the [`Vm`] itself is torn down: `threads` is declared
+/// first, and fields drop in declaration order.
 pub struct RunningVm {
-    handles: Vec<VcpuHandle>,
-    stop: Arc<AtomicBool>,
-    /// Always `Some` until [`RunningVm::pause`] takes it out.
-    vm: Option<Vm>,
-}
-
-impl Drop for RunningVm {
-    fn drop(&mut self) {
-        self.stop_vcpus();
-    }
+    threads: VcpuThreads,
+    vm: Vm,
 }
 
 impl RunningVm {
     /// The eventfd that becomes readable when the VM wants to stop.
     pub fn exit_event(&self) -> &EventFd {
-        self.vm().exit.event()
+        self.vm.exit_event()
     }
 
     /// The reason recorded so far, if any.
     pub fn exit_reason(&self) -> Option<ExitReason> {
-        self.vm().exit.get()
+        self.vm.exit_reason()
     }
 
     /// Asks the VM to stop with `reason` (unless it already has one).
     pub fn request_exit(&self, reason: ExitReason) {
-        self.vm().exit.set(reason);
+        self.vm.request_exit(reason);
     }
 
     /// COM1, for feeding input.
     pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
-        &self.vm().serial
+        self.vm.serial()
     }
 
     /// Becomes readable when COM1's receive FIFO has drained.
     pub fn serial_input_wanted(&self) -> &EventFd {
-        &self.vm().serial_input_wanted
+        self.vm.serial_input_wanted()
     }
 
     /// Boot RAM in bytes.
     pub fn ram_size(&self) -> u64 {
-        self.vm().ram_size
+        self.vm.ram_size
     }
 
     /// The VM (buses, memory) while it runs.
     pub fn vm(&self) -> &Vm {
-        self.vm
-            .as_ref()
-            .expect("a RunningVm holds its Vm until pause() consumes it")
-    }
-
-    /// Stops the vCPU threads (if still running) and returns their fds.
-    fn stop_vcpus(&mut self) -> Vec<VcpuFd> {
-        self.stop.store(true, Ordering::Release);
-        vcpu::stop_all(std::mem::take(&mut self.handles))
+        &self.vm
     }
 
     /// Stops all vCPUs, tears the VM down and returns why it stopped.
     pub fn stop(mut self) -> ExitReason {
-        drop(self.stop_vcpus());
-        self.vm().exit.get().unwrap_or(ExitReason::Shutdown)
+        drop(self.threads.stop());
+        self.vm.exit_reason().unwrap_or(ExitReason::Shutdown)
     }
 
     /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state
     /// and the vCPUs, each with its last exit completed) for a snapshot or
     /// inspection.
     pub fn pause(mut self) -> Vm {
-        let mut vcpus = self.stop_vcpus();
+        let mut vcpus = self.threads.stop();
         vcpus.iter_mut().for_each(vcpu::complete_pending_exit);
-        let mut vm = self
-            .vm
-            .take()
-            .expect("a RunningVm holds its Vm until pause() consumes it");
+        let mut vm = self.vm;
         vm.vcpus = vcpus;
         vm
     }
@@ -615,13 +610,11 @@ impl RunningVm {
     /// Blocks until the VM wants to stop, then stops it (tests use this).
     pub fn wait(self, timeout: std::time::Duration) -> ExitReason {
         let deadline = std::time::Instant::now() + timeout;
-        while self.vm().exit.get().is_none() && std::time::Instant::now() < deadline {
+        while self.exit_reason().is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        if self.vm().exit.get().is_none() {
-            self.vm()
-                .exit
-                .set(ExitReason::Crash(format!("test timeout after {timeout:?}")));
+        if self.exit_reason().is_none() {
+            self.request_exit(ExitReason::Crash(format!("test timeout after {timeout:?}")));
         }
         self.stop()
     }

@@ -57,22 +57,6 @@ impl Guest {
         }
     }
 
-    /// Stops the vCPUs (each with its last exit completed); devices stay.
-    fn pause(self) -> Self {
-        match self {
-            Guest::Running(r) => Guest::Paused(r.pause()),
-            paused => paused,
-        }
-    }
-
-    /// Starts the vCPUs again where they stopped.
-    fn resume(self) -> Result<Self> {
-        match self {
-            Guest::Paused(v) => Ok(Guest::Running(v.start()?)),
-            running => Ok(running),
-        }
-    }
-
     /// Stops everything and says why the VM stopped.
     fn stop(self) -> ExitReason {
         match self {
@@ -352,23 +336,32 @@ impl Vmm {
                                         guest.vm().request_exit(ExitReason::Shutdown);
                                         pending_replies.push(reply);
                                     }
+                                    // Pause stops the vCPUs, each with its last exit
+                                    // completed; devices stay. Resume starts them
+                                    // again where they stopped.
                                     ApiCommand::Pause => {
-                                        let r = if matches!(guest, Guest::Paused(_)) {
-                                            Response::error(409, "the VM is already paused")
-                                        } else {
-                                            guest = guest.pause();
-                                            set_state(VmState::Paused);
-                                            Response::no_content()
+                                        let r = match guest {
+                                            Guest::Running(running) => {
+                                                guest = Guest::Paused(running.pause());
+                                                set_state(VmState::Paused);
+                                                Response::no_content()
+                                            }
+                                            Guest::Paused(_) => {
+                                                Response::error(409, "the VM is already paused")
+                                            }
                                         };
                                         let _ = reply.send(r);
                                     }
                                     ApiCommand::Resume => {
-                                        let r = if matches!(guest, Guest::Running(_)) {
-                                            Response::error(409, "the VM is not paused")
-                                        } else {
-                                            guest = guest.resume()?;
-                                            set_state(VmState::Running);
-                                            Response::no_content()
+                                        let r = match guest {
+                                            Guest::Paused(vm) => {
+                                                guest = Guest::Running(vm.start()?);
+                                                set_state(VmState::Running);
+                                                Response::no_content()
+                                            }
+                                            Guest::Running(_) => {
+                                                Response::error(409, "the VM is not paused")
+                                            }
                                         };
                                         let _ = reply.send(r);
                                     }
