@@ -72,7 +72,73 @@ pub struct Pl011 {
     dmacr: u32,
 }
 
+/// Saved PL011 registers and receive FIFO.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pl011State {
+    /// Bytes the guest has not read.
+    pub rx: Vec<u8>,
+    /// UARTRIS.
+    pub ris: u32,
+    /// UARTIMSC.
+    pub imsc: u32,
+    /// The masked status when the line last fired.
+    pub signalled: u32,
+    /// UARTILPR.
+    pub ilpr: u32,
+    /// UARTIBRD.
+    pub ibrd: u32,
+    /// UARTFBRD.
+    pub fbrd: u32,
+    /// UARTLCR_H.
+    pub lcr_h: u32,
+    /// UARTCR.
+    pub cr: u32,
+    /// UARTIFLS.
+    pub ifls: u32,
+    /// UARTDMACR.
+    pub dmacr: u32,
+}
+
 impl Pl011 {
+    /// The registers and unread input, for a snapshot.
+    pub fn state(&self) -> Pl011State {
+        Pl011State {
+            rx: self.rx.iter().copied().collect(),
+            ris: self.ris,
+            imsc: self.imsc,
+            signalled: self.signalled,
+            ilpr: self.ilpr,
+            ibrd: self.ibrd,
+            fbrd: self.fbrd,
+            lcr_h: self.lcr_h,
+            cr: self.cr,
+            ifls: self.ifls,
+            dmacr: self.dmacr,
+        }
+    }
+
+    /// Restores saved registers (the FIFO must fit).
+    pub fn restore(&mut self, st: &Pl011State) -> Result<(), String> {
+        if st.rx.len() > RX_FIFO_SIZE {
+            return Err(format!(
+                "PL011: {} bytes in a {RX_FIFO_SIZE}-byte FIFO",
+                st.rx.len()
+            ));
+        }
+        self.rx = st.rx.iter().copied().collect();
+        self.ris = st.ris;
+        self.imsc = st.imsc;
+        self.signalled = st.signalled;
+        self.ilpr = st.ilpr;
+        self.ibrd = st.ibrd;
+        self.fbrd = st.fbrd;
+        self.lcr_h = st.lcr_h;
+        self.cr = st.cr;
+        self.ifls = st.ifls;
+        self.dmacr = st.dmacr;
+        Ok(())
+    }
+
     /// A UART that raises `interrupt` and writes to `out`; `input_wanted`
     /// fires when the guest empties the receive FIFO.
     pub fn new(interrupt: EventFd, input_wanted: Arc<EventFd>, out: Pl011Output) -> Self {

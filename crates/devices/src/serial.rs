@@ -43,6 +43,43 @@ impl SerialEvents for InputWanted {
 /// Where the guest's serial output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
+/// The 16550A's registers and receive FIFO (vm-superio's `SerialState`,
+/// which has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ns16550State {
+    /// DLL, DLM.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
+/// Saved UART state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UartState {
+    /// x86's COM1.
+    Ns16550(Ns16550State),
+    /// arm64's PL011.
+    Pl011(crate::pl011::Pl011State),
+}
+
+/// Receive FIFO of the 16550A in vm-superio.
+const NS16550_FIFO: usize = 64;
+
 enum Uart {
     Ns16550(Serial<EventFdTrigger, InputWanted, SerialOutput>),
     Pl011(Pl011),
@@ -87,6 +124,68 @@ impl SerialDevice {
                     0
                 }
             },
+        }
+    }
+
+    /// The registers and unread input, for a snapshot.
+    pub fn state(&self) -> UartState {
+        match &self.inner {
+            Uart::Pl011(p) => UartState::Pl011(p.state()),
+            Uart::Ns16550(s) => {
+                let st = s.state();
+                UartState::Ns16550(Ns16550State {
+                    baud_divisor: [st.baud_divisor_low, st.baud_divisor_high],
+                    interrupt_enable: st.interrupt_enable,
+                    interrupt_identification: st.interrupt_identification,
+                    line_control: st.line_control,
+                    line_status: st.line_status,
+                    modem_control: st.modem_control,
+                    modem_status: st.modem_status,
+                    scratch: st.scratch,
+                    in_buffer: st.in_buffer,
+                })
+            }
+        }
+    }
+
+    /// Restores saved registers into a UART of the same kind (output and
+    /// interrupt line stay this device's).
+    pub fn restore(&mut self, state: &UartState) -> Result<(), String> {
+        match (&mut self.inner, state) {
+            (Uart::Pl011(p), UartState::Pl011(st)) => p.restore(st),
+            (Uart::Ns16550(s), UartState::Ns16550(st)) => {
+                if st.in_buffer.len() > NS16550_FIFO {
+                    return Err(format!(
+                        "serial: {} bytes in a {NS16550_FIFO}-byte FIFO",
+                        st.in_buffer.len()
+                    ));
+                }
+                let saved = vm_superio::serial::SerialState {
+                    baud_divisor_low: st.baud_divisor[0],
+                    baud_divisor_high: st.baud_divisor[1],
+                    interrupt_enable: st.interrupt_enable,
+                    interrupt_identification: st.interrupt_identification,
+                    line_control: st.line_control,
+                    line_status: st.line_status,
+                    modem_control: st.modem_control,
+                    modem_status: st.modem_status,
+                    scratch: st.scratch,
+                    in_buffer: st.in_buffer.clone(),
+                };
+                let trigger = EventFdTrigger(
+                    s.interrupt_evt()
+                        .0
+                        .try_clone()
+                        .map_err(|e| format!("serial: eventfd: {e}"))?,
+                );
+                let events = InputWanted(s.events().0.clone());
+                let out = std::mem::replace(s.writer_mut(), Box::new(std::io::sink()));
+                // Cannot fail: the FIFO length was checked above.
+                *s = Serial::from_state(&saved, trigger, events, out)
+                    .map_err(|e| format!("serial: {e:?}"))?;
+                Ok(())
+            }
+            _ => Err("serial: the snapshot has another kind of UART".into()),
         }
     }
 

@@ -85,6 +85,17 @@ pub struct ConfigSpace {
     pending_low: [bool; 6],
 }
 
+/// Saved configuration space: the register bytes and where each BAR is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConfigSpaceState {
+    /// The 4 KiB of registers, trailing zero bytes left out.
+    pub data: Vec<u8>,
+    /// Address of each implemented BAR, by BAR number.
+    pub bars: Vec<(u8, u64)>,
+    /// 64-bit BARs whose low dword was written without the high one.
+    pub pending_low: [bool; 6],
+}
+
 impl std::fmt::Debug for ConfigSpace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigSpace")
@@ -301,6 +312,71 @@ impl ConfigSpace {
             off = usize::from(self.data[off + 1]);
         }
         None
+    }
+
+    /// The registers and BAR addresses, for a snapshot.
+    pub fn state(&self) -> ConfigSpaceState {
+        let used = self.data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        ConfigSpaceState {
+            data: self.data[..used].to_vec(),
+            bars: self
+                .bars
+                .iter()
+                .flatten()
+                .map(|b| (b.index, b.addr))
+                .collect(),
+            pending_low: self.pending_low,
+        }
+    }
+
+    /// Restores saved registers into a function built the same way (same
+    /// identity, capabilities and BARs: every read-only bit must match) and
+    /// returns the BARs that moved, for the caller to map at their saved
+    /// addresses.
+    pub fn restore(&mut self, st: &ConfigSpaceState) -> Result<Vec<BarMove>, String> {
+        if st.data.len() > self.data.len() {
+            return Err(format!("{} bytes of configuration space", st.data.len()));
+        }
+        let mut data = [0u8; 4096];
+        data[..st.data.len()].copy_from_slice(&st.data);
+        // Read-only bits are this function's identity and layout; BAR
+        // registers are checked through `bars` below.
+        for (o, (&saved, &now)) in data.iter().zip(self.data.iter()).enumerate() {
+            let fixed = !(self.wmask[o] | self.w1c[o]);
+            let in_bars = (BAR0..BAR0 + 24).contains(&o);
+            if !in_bars && saved & fixed != now & fixed {
+                return Err(format!(
+                    "configuration byte {o:#x} is {saved:#04x}, this device has {now:#04x}: not the same device"
+                ));
+            }
+        }
+        let mut moves = Vec::new();
+        let mut bars = self.bars;
+        for &(index, addr) in &st.bars {
+            let Some(bar) = bars.get_mut(usize::from(index)).and_then(|b| b.as_mut()) else {
+                return Err(format!("BAR{index} is not implemented by this device"));
+            };
+            if !addr.is_multiple_of(bar.size) {
+                return Err(format!(
+                    "BAR{index} at {addr:#x} is not aligned to its size {:#x}",
+                    bar.size
+                ));
+            }
+            if addr != bar.addr {
+                moves.push(BarMove {
+                    index,
+                    old: bar.addr,
+                    new: addr,
+                    size: bar.size,
+                    kind: bar.kind,
+                });
+                bar.addr = addr;
+            }
+        }
+        self.data.copy_from_slice(&data);
+        self.bars = bars;
+        self.pending_low = st.pending_low;
+        Ok(moves)
     }
 
     /// Guest read. Accesses are 1, 2 or 4 bytes within one dword; anything

@@ -23,11 +23,11 @@ mod msix;
 
 pub use bus::{BarMapper, PciBus, PciConfigIo, PciConfigMmio};
 pub use caps::{pcie_endpoint_capability, CAP_ID_MSIX, CAP_ID_PCIE, CAP_ID_VENDOR};
-pub use config::{Bar, BarKind, BarMove, ConfigSpace, PciClass};
+pub use config::{Bar, BarKind, BarMove, ConfigSpace, ConfigSpaceState, PciClass};
 pub use device::{BarRegion, PciDevice};
 pub use host_bridge::HostBridge;
 pub use msix::{
-    apply_events, MsixCap, MsixEvent, MsixSink, MsixTable, Trigger, MSIX_ENTRY_SIZE,
+    apply_events, MsixCap, MsixEvent, MsixSink, MsixState, MsixTable, Trigger, MSIX_ENTRY_SIZE,
     MSIX_MAX_VECTORS,
 };
 

@@ -121,7 +121,66 @@ pub struct MsixTable {
     function_masked: bool,
 }
 
+/// Saved MSI-X state: each entry as (address low, address high, data,
+/// vector control), the pending bits and the function-level bits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    /// Table entries.
+    pub entries: Vec<[u32; 4]>,
+    /// Pending-bit array.
+    pub pba: Vec<u64>,
+    /// MSI-X enable.
+    pub enabled: bool,
+    /// Function mask.
+    pub function_masked: bool,
+}
+
 impl MsixTable {
+    /// The table's state.
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| [e.addr_lo, e.addr_hi, e.data, e.control])
+                .collect(),
+            pba: self.pba.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Restores a saved state into a table of the same size. The caller
+    /// re-installs every route ([`MsixEvent::AllChanged`]) afterwards.
+    pub fn restore(&mut self, st: &MsixState) -> Result<(), String> {
+        if st.entries.len() != self.entries.len() || st.pba.len() != self.pba.len() {
+            return Err(format!(
+                "MSI-X: {} vectors saved, the device has {}",
+                st.entries.len(),
+                self.entries.len()
+            ));
+        }
+        for (e, s) in self.entries.iter_mut().zip(&st.entries) {
+            *e = Entry {
+                addr_lo: s[0],
+                addr_hi: s[1],
+                data: s[2],
+                control: s[3] & VECTOR_MASKED,
+            };
+        }
+        self.pba.copy_from_slice(&st.pba);
+        // Bits beyond the last vector stay clear.
+        let n = self.entries.len();
+        if !n.is_multiple_of(64) {
+            if let Some(last) = self.pba.last_mut() {
+                *last &= (1u64 << (n % 64)) - 1;
+            }
+        }
+        self.enabled = st.enabled;
+        self.function_masked = st.function_masked;
+        Ok(())
+    }
+
     /// `vectors` entries (1 to 2048), all masked, MSI-X disabled: the reset state.
     pub fn new(vectors: u16) -> Self {
         let n = vectors.clamp(1, MSIX_MAX_VECTORS);

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::state::DeviceState;
+
 /// Signals the driver.
 pub trait VirtioInterrupt: Send + Sync {
     /// Used buffers were added to queue `index`.
@@ -66,6 +68,25 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
         features: u64,
     ) -> Result<(), ActivateError>;
+    /// Stops processing and hands back the active queues with their ring
+    /// positions (a VM pause, before a snapshot is read); [`activate`] with
+    /// them continues where the device stopped. An inactive device returns
+    /// none.
+    ///
+    /// [`activate`]: VirtioDevice::activate
+    fn pause(&mut self) -> Vec<ActiveQueue>;
+    /// Device-specific state for a snapshot, read while paused or inactive.
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Stateless
+    }
+    /// Restores [`VirtioDevice::save_state`]'s answer into a freshly built
+    /// device, before it is activated.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Stateless => Ok(()),
+            other => Err(format!("state of another kind of device: {other:?}")),
+        }
+    }
     /// Device reset: stop processing and forget queue state. Device-specific
     /// state that must survive a device reset (virtio-mem's plugged blocks)
     /// survives.

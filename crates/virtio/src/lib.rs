@@ -17,6 +17,7 @@ mod device;
 pub mod mem;
 mod queue_util;
 pub mod rng;
+pub mod state;
 #[cfg(test)]
 mod test_util;
 pub mod transport;

@@ -119,10 +119,16 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        self.worker
+            .take()
+            .and_then(Worker::stop)
+            .map(|s| s.queues)
+            .unwrap_or_default()
+    }
+
     fn reset(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+        drop(self.pause());
     }
 }
 

@@ -50,10 +50,19 @@ pub trait QueueHandler: Send + 'static {
     }
 }
 
+/// What a stopped worker hands back: the device logic with its state, and
+/// the queues with their ring positions (to continue where they were).
+pub struct Stopped<H> {
+    /// The handler.
+    pub handler: H,
+    /// The queues, as the worker last left them.
+    pub queues: Vec<ActiveQueue>,
+}
+
 /// A running worker.
 pub struct Worker<H> {
     kill: Arc<EventFd>,
-    thread: Option<JoinHandle<H>>,
+    thread: Option<JoinHandle<Stopped<H>>>,
 }
 
 const KILL: u64 = u64::MAX;
@@ -124,7 +133,7 @@ impl<H: QueueHandler> Worker<H> {
                         match ev.data() {
                             KILL => {
                                 let _ = kill2.read();
-                                return handler;
+                                return Stopped { handler, queues };
                             }
                             EXTRA => {
                                 let (signal, keep) = handler.process_extra(&mut queues, &view);
@@ -164,7 +173,7 @@ impl<H: QueueHandler> Worker<H> {
                 }
                 // Only reached when epoll itself fails; wait to be stopped.
                 let _ = kill2.read();
-                handler
+                Stopped { handler, queues }
             })?;
         Ok(Self {
             kill,
@@ -172,8 +181,9 @@ impl<H: QueueHandler> Worker<H> {
         })
     }
 
-    /// Stops the thread and returns the handler (with its state).
-    pub fn stop(mut self) -> Option<H> {
+    /// Stops the thread and returns the handler (with its state) and the
+    /// queues; `None` only if the thread panicked.
+    pub fn stop(mut self) -> Option<Stopped<H>> {
         let _ = self.kill.write(1);
         self.thread.take().and_then(|t| t.join().ok())
     }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole VM.
 #[derive(Debug, Clone, Serialize)]
@@ -37,14 +37,14 @@ pub struct VmConfig {
 }
 
 /// `--cpus`
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Deserialize)]
 pub struct CpusConfig {
     /// vCPUs started at boot.
     pub boot_vcpus: u8,
 }
 
 /// `--memory`
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Deserialize)]
 pub struct MemoryConfig {
     /// Boot RAM in bytes.
     pub size: u64,
@@ -70,7 +70,7 @@ impl MemoryConfig {
 }
 
 /// The virtio-mem part of `--memory` (`hotplug_method=virtio-mem`).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Deserialize)]
 pub struct HotplugConfig {
     /// Size of the hotplug region (a multiple of the slot size).
     pub hotplug_size: u64,
@@ -92,7 +92,7 @@ impl HotplugConfig {
 }
 
 /// `--disk`
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Deserialize)]
 pub struct DiskConfig {
     /// Raw image file.
     pub path: PathBuf,
@@ -129,7 +129,7 @@ pub enum Payload {
 }
 
 /// `--kernel`, `--initramfs`, `--cmdline`
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinuxPayload {
     /// vmlinux (ELF, PVH entry) or bzImage.
     pub kernel: PathBuf,
@@ -150,7 +150,7 @@ pub struct RawPayload {
 }
 
 /// Where a console device's output goes.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode", content = "file")]
 pub enum ConsoleConfig {
     /// Disabled: the device exists but output is dropped.

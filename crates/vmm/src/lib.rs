@@ -23,6 +23,7 @@ pub mod output;
 mod pci_segment;
 mod platform;
 pub mod seccomp;
+pub mod snapshot;
 #[doc(hidden)]
 pub mod test_support;
 mod vcpu;

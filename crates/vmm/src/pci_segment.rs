@@ -142,6 +142,15 @@ impl BarMapper for Mapper {
     }
 }
 
+/// A virtio device's saved state with the name it has in the VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedDevice {
+    /// `virtio-blk0`, `virtio-mem`, ...
+    pub name: String,
+    /// Transport and device.
+    pub state: virtio::state::VirtioPciState,
+}
+
 /// PCI segment 0 of a VM.
 pub struct PciSegment {
     bus: Arc<PciBus>,
@@ -380,6 +389,83 @@ impl PciSegment {
     /// The virtio functions: name, address, device.
     pub fn virtio_devices(&self) -> &[(String, DevFn, Arc<Mutex<VirtioPciDevice>>)] {
         &self.virtio
+    }
+
+    /// Stops every virtio device's worker, keeping its queues (VM pause).
+    pub fn pause_devices(&self) {
+        for (_, _, dev) in &self.virtio {
+            dev.lock().unwrap_or_else(|e| e.into_inner()).pause();
+        }
+    }
+
+    /// Continues the paused virtio devices.
+    pub fn resume_devices(&self) {
+        for (_, _, dev) in &self.virtio {
+            dev.lock().unwrap_or_else(|e| e.into_inner()).resume();
+        }
+    }
+
+    /// The state of every virtio device (paused), by name. Passed-through
+    /// devices have state Caravel cannot read: they refuse the snapshot.
+    pub fn save_devices(&self) -> Result<Vec<SavedDevice>> {
+        if !self.vfio.is_empty() {
+            let names: Vec<_> = self.vfio.iter().map(|(n, _, _)| n.as_str()).collect();
+            return Err(Error::Snapshot(format!(
+                "the VM has passed-through devices ({}), whose state cannot be saved",
+                names.join(", ")
+            )));
+        }
+        self.virtio
+            .iter()
+            .map(|(name, _, dev)| {
+                let state = dev
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save()
+                    .map_err(Error::Snapshot)?;
+                Ok(SavedDevice {
+                    name: name.clone(),
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// Restores saved devices into this segment's freshly built ones (the
+    /// same names, the same kinds) and moves their BARs where they were.
+    /// virtio-mem goes first: it makes plugged memory visible to the other
+    /// devices, whose rings may live there.
+    pub fn restore_devices(&self, saved: &[SavedDevice]) -> Result<()> {
+        let ours: Vec<_> = self.virtio.iter().map(|(n, _, _)| n.as_str()).collect();
+        let theirs: Vec<_> = saved.iter().map(|d| d.name.as_str()).collect();
+        if ours.len() != theirs.len() || !theirs.iter().all(|n| ours.contains(n)) {
+            return Err(Error::Snapshot(format!(
+                "the snapshot's devices ({}) are not this VM's ({})",
+                theirs.join(", "),
+                ours.join(", ")
+            )));
+        }
+        let mut order: Vec<&SavedDevice> = saved.iter().collect();
+        order.sort_by_key(|d| !matches!(d.state.device, virtio::state::DeviceState::Mem(_)));
+        for d in order {
+            let Some((_, devfn, dev)) = self.virtio.iter().find(|(n, _, _)| *n == d.name) else {
+                continue;
+            };
+            let moves = dev
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(&d.state)
+                .map_err(Error::Snapshot)?;
+            for mv in moves {
+                self.mapper.move_bar(*devfn, &mv).map_err(|e| {
+                    Error::Snapshot(format!(
+                        "{}: BAR{} cannot go to {:#x}: {e}",
+                        d.name, mv.index, mv.new
+                    ))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops every device, in the teardown order of a VM whose vCPUs have

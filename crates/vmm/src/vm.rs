@@ -64,6 +64,27 @@ impl Vm {
         events: Option<Arc<EventMonitor>>,
         hotplug_requested: Option<u64>,
     ) -> Result<Self> {
+        Self::build(cfg, serial_out, events, hotplug_requested, true)
+    }
+
+    /// Builds the VM of `cfg` for a restore: devices and vCPUs as
+    /// [`Vm::new`] makes them, but no payload is loaded (the kernel file
+    /// need not exist); [`Vm::restore_state`] brings the rest.
+    pub fn new_for_restore(
+        cfg: &VmConfig,
+        serial_out: SerialOutput,
+        events: Option<Arc<EventMonitor>>,
+    ) -> Result<Self> {
+        Self::build(cfg, serial_out, events, None, false)
+    }
+
+    fn build(
+        cfg: &VmConfig,
+        serial_out: SerialOutput,
+        events: Option<Arc<EventMonitor>>,
+        hotplug_requested: Option<u64>,
+        load_payload: bool,
+    ) -> Result<Self> {
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
         let max = platform::max_vcpus(&kvm);
@@ -193,7 +214,11 @@ impl Vm {
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
         add_vfio_devices(cfg, &mut pci, memory, boot_ram_end, &dma_targets)?;
 
-        platform::boot(cfg, memory, &mem_layout, &pci, &vcpus, &mut arch_state)?;
+        if load_payload {
+            platform::boot(cfg, memory, &mem_layout, &pci, &vcpus, &mut arch_state)?;
+        } else {
+            platform::prepare_restore(&vcpus, &mut arch_state)?;
+        }
         let kvm_stats = Arc::new(KvmStats::open(&vcpus).unwrap_or_else(|e| {
             log::warn!("no KVM statistics for vm.counters (KVM_GET_STATS_FD: {e})");
             KvmStats::default()
@@ -309,6 +334,8 @@ impl Vm {
     /// Starts one thread per vCPU (again after [`RunningVm::pause`]: the
     /// vCPUs continue where they stopped).
     pub fn start(mut self) -> Result<RunningVm> {
+        // Devices paused with the VM (or restored) continue first.
+        self.pci.resume_devices();
         // On an early return the threads started so far are stopped (Drop).
         let mut threads = VcpuThreads {
             handles: Vec::new(),
@@ -340,52 +367,62 @@ impl Drop for Vm {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Vm {
-    /// Saves a paused VM ([`RunningVm::pause`]): vCPUs, irqchip, PIT and
-    /// clock; with guest memory ([`Vm::memory`]) that is the whole VM.
-    /// Device models are not saved yet, so a VM with PCI devices is refused;
-    /// the UART restarts from its reset state.
-    pub fn snapshot(&self) -> Result<crate::x86_64::snapshot::VmState> {
-        self.refuse_devices_in_snapshot()?;
+    /// Saves a paused VM ([`RunningVm::pause`]): vCPUs, the in-kernel
+    /// interrupt controllers and clock, the UART and every virtio device;
+    /// with guest memory ([`Vm::memory`]) that is the whole VM. A VM with a
+    /// passed-through device is refused by the device's name.
+    pub fn snapshot(&self) -> Result<crate::snapshot::VmState> {
         if self.vcpus.is_empty() {
             return Err(Error::Snapshot(
                 "the VM is running: pause it first (RunningVm::pause)".into(),
             ));
         }
-        crate::x86_64::snapshot::save(&self.vm_fd, &self.vcpus)
+        let devices = self.pci.save_devices()?;
+        let serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state();
+        #[cfg(target_arch = "x86_64")]
+        let arch = crate::x86_64::snapshot::save(&self.vm_fd, &self.vcpus)?;
+        #[cfg(target_arch = "aarch64")]
+        let arch = self.arch_state.save(&self.vcpus)?;
+        Ok(crate::snapshot::VmState {
+            version: crate::snapshot::STATE_VERSION,
+            arch,
+            serial,
+            devices,
+        })
     }
 
     /// Restores a snapshot into this VM, built from the same configuration
     /// and not started: guest memory is copied from `memory` (the saved
-    /// VM's), then vCPUs, PIT, clock and irqchip in KVM's order.
-    pub fn restore(
-        &self,
-        st: &crate::x86_64::snapshot::VmState,
-        memory: &GuestMemoryMmap,
-    ) -> Result<()> {
+    /// VM's), then [`Vm::restore_state`].
+    pub fn restore(&self, st: &crate::snapshot::VmState, memory: &GuestMemoryMmap) -> Result<()> {
         memory::copy_guest_memory(memory, &self.ram.memory).map_err(Error::Snapshot)?;
-        crate::x86_64::snapshot::restore(&self.vm_fd, &self.vcpus, st)
+        self.restore_state(st)
     }
-}
 
-impl Vm {
-    /// Snapshots do not carry device models yet: name the devices that stop one.
-    fn refuse_devices_in_snapshot(&self) -> Result<()> {
-        let devices = self.devices();
-        if devices.is_empty() && self.mem_device.is_none() {
-            return Ok(());
-        }
-        let names: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
-        Err(Error::Snapshot(format!(
-            "the VM has PCI devices ({}{}), whose state snapshots do not carry yet",
-            names.join(", "),
-            if self.mem_device.is_some() {
-                " virtio-mem"
-            } else {
-                ""
-            }
-        )))
+    /// Restores a snapshot's state into this VM, built from the same
+    /// configuration, not started, and already holding the snapshot's
+    /// guest memory: devices first (virtio-mem maps its plugged blocks when
+    /// the VM starts), the UART, then vCPUs and interrupt controllers in
+    /// KVM's order. The devices continue when the VM starts.
+    pub fn restore_state(&self, st: &crate::snapshot::VmState) -> Result<()> {
+        st.check_version()?;
+        self.pci.restore_devices(&st.devices)?;
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&st.serial)
+            .map_err(Error::Snapshot)?;
+        #[cfg(target_arch = "x86_64")]
+        crate::x86_64::snapshot::restore(&self.vm_fd, &self.vcpus, &st.arch)?;
+        #[cfg(target_arch = "aarch64")]
+        self.arch_state
+            .restore(&self.vcpus, &st.arch, &self.ram.memory)?;
+        Ok(())
     }
 }
 
@@ -401,32 +438,6 @@ impl Vm {
     /// and holding the snapshot's guest memory), before it starts.
     pub fn its_restore(&self, st: &platform::ItsState) -> Result<()> {
         self.arch_state.restore_its(st, &self.ram.memory)
-    }
-
-    /// Saves a paused VM ([`RunningVm::pause`]): vCPUs, GIC and ITS; with
-    /// guest memory ([`Vm::memory`]) that is the whole VM. Device models
-    /// are not saved yet, so a VM with PCI devices is refused; the UART
-    /// restarts from its reset state.
-    pub fn snapshot(&self) -> Result<crate::aarch64::snapshot::VmState> {
-        self.refuse_devices_in_snapshot()?;
-        if self.vcpus.len() != self.arch_state.mpidrs.len() {
-            return Err(Error::Snapshot(
-                "the VM is running: pause it first (RunningVm::pause)".into(),
-            ));
-        }
-        self.arch_state.save(&self.vcpus)
-    }
-
-    /// Restores a snapshot into this VM, built from the same configuration
-    /// and not started: guest memory is copied from `memory` (the saved
-    /// VM's), then vCPUs, GIC and ITS in KVM's order.
-    pub fn restore(
-        &self,
-        st: &crate::aarch64::snapshot::VmState,
-        memory: &GuestMemoryMmap,
-    ) -> Result<()> {
-        memory::copy_guest_memory(memory, &self.ram.memory).map_err(Error::Snapshot)?;
-        self.arch_state.restore(&self.vcpus, st, &self.ram.memory)
     }
 }
 
@@ -596,12 +607,14 @@ impl RunningVm {
         self.vm.exit_reason().unwrap_or(ExitReason::Shutdown)
     }
 
-    /// Stops the vCPU threads but keeps the VM (memory, devices, KVM state
-    /// and the vCPUs, each with its last exit completed) for a snapshot or
-    /// inspection.
+    /// Stops the vCPU threads and the device workers but keeps the VM
+    /// (memory, devices with their queues, KVM state and the vCPUs, each
+    /// with its last exit completed) for a snapshot or inspection: nothing
+    /// changes guest memory until [`Vm::start`].
     pub fn pause(mut self) -> Vm {
         let mut vcpus = self.threads.stop();
         vcpus.iter_mut().for_each(vcpu::complete_pending_exit);
+        self.vm.pci.pause_devices();
         let mut vm = self.vm;
         vm.vcpus = vcpus;
         vm

@@ -381,8 +381,8 @@ fn a_snapshot_restored_into_a_new_vm_continues() {
     let st = old.snapshot().unwrap();
     // Through serde, as a snapshot file will carry it.
     let json = serde_json::to_vec(&st).unwrap();
-    let st: vmm::X86VmState = serde_json::from_slice(&json).unwrap();
-    assert_eq!(st.vcpus.len(), 1);
+    let st: vmm::snapshot::VmState = serde_json::from_slice(&json).unwrap();
+    assert_eq!(st.arch.vcpus.len(), 1);
     let (fresh, _out2) = build(&cfg);
     fresh.restore(&st, old.memory()).unwrap();
     drop(old);
@@ -405,6 +405,82 @@ fn a_snapshot_restored_into_a_new_vm_continues() {
         first > saved,
         "the restored guest counted from {first}, not on from {saved}"
     );
+}
+
+/// The same through a snapshot directory: `snapshot::files::save` writes
+/// `state.json` and a sparse `memory` file, and a VM built for a restore
+/// (no payload loaded) continues from them. Damaging the state file makes
+/// the load fail with its checksum.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_snapshot_directory_restores_into_a_vm_built_without_a_payload() {
+    if !kvm_available() {
+        return;
+    }
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm::snapshot::files;
+    guest_asm::guest_code!(
+        count_files,
+        ".code64",
+        "mov rdi, 0x200000",
+        "xor eax, eax",
+        "2: inc rax",
+        "mov [rdi], rax",
+        "jmp 2b"
+    );
+    let cfg = config(1, vec![(CODE_ADDR, count_files::code().to_vec())]);
+    let counter = |vm: &Vm| {
+        vm.memory()
+            .read_obj::<u64>(GuestAddress(0x20_0000))
+            .unwrap()
+    };
+    let (vm, _out) = build(&cfg);
+    let running = vm.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while counter(running.vm()) < 50_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let old = running.pause();
+    let saved = counter(&old);
+    let dir = std::env::temp_dir().join(format!("caravel-snapdir-{}", std::process::id()));
+    let report = files::save(&old, &cfg, &dir).unwrap();
+    drop(old);
+    assert_eq!(report.memory_size, cfg.memory.size);
+    assert!(
+        report.memory_stored < 1 << 20,
+        "only touched pages are stored: {} bytes",
+        report.memory_stored
+    );
+    let snapshot = files::load(&dir).unwrap();
+    let restore_cfg = snapshot.config.apply_to(&cfg);
+    let fresh = Vm::new_for_restore(&restore_cfg, Box::new(std::io::sink()), None).unwrap();
+    files::restore(&fresh, &snapshot, &dir).unwrap();
+    assert_eq!(counter(&fresh), saved, "memory came back from the file");
+    fresh
+        .memory()
+        .write_obj(0u64, GuestAddress(0x20_0000))
+        .unwrap();
+    let running = fresh.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut first = 0;
+    while first == 0 && std::time::Instant::now() < deadline {
+        first = counter(running.vm());
+    }
+    running.request_exit(ExitReason::Shutdown);
+    assert_eq!(running.stop(), ExitReason::Shutdown);
+    assert!(
+        first > saved,
+        "restored from files, the guest counted from {first}, not on from {saved}"
+    );
+    // One flipped byte in the state: refused by the checksum.
+    let path = dir.join(files::STATE_FILE);
+    let mut text = std::fs::read(&path).unwrap();
+    let last = text.len() - 2;
+    text[last] ^= 1;
+    std::fs::write(&path, &text).unwrap();
+    let err = files::load(&dir).err().unwrap().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(err.contains("checksum mismatch"), "{err}");
 }
 
 /// COM1 output into a pipe that nobody reads: the guest keeps writing, and

@@ -369,12 +369,18 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn reset(&mut self) {
-        if let Some(w) = self.worker.take() {
-            if let Some(h) = w.stop() {
-                self.disk = Some(h.disk);
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        match self.worker.take().and_then(Worker::stop) {
+            Some(stopped) => {
+                self.disk = Some(stopped.handler.disk);
+                stopped.queues
             }
+            None => Vec::new(),
         }
+    }
+
+    fn reset(&mut self) {
+        drop(self.pause());
     }
 }
 

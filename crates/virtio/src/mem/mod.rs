@@ -22,10 +22,11 @@ use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use bitmap::BlockBitmap;
-pub use state::{DmaChange, Effect, Geometry, MemState, Plan, Request, Response};
+pub use state::{DmaChange, Effect, Geometry, MemSavedState, MemState, Plan, Request, Response};
 
 use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 use crate::queue_util::drain;
+use crate::state::DeviceState;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features};
 
@@ -413,11 +414,45 @@ impl VirtioDevice for Mem {
         Ok(())
     }
 
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        self.worker
+            .take()
+            .and_then(Worker::stop)
+            .map(|s| s.queues)
+            .unwrap_or_default()
+    }
+
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Mem(self.shared.lock().saved())
+    }
+
+    /// Takes the saved plugged blocks and sizes, and gives devices DMA
+    /// access to the plugged blocks again (the VMM's view of device memory
+    /// follows `dma_map`); the slots are mapped when the device activates.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
+        let DeviceState::Mem(saved) = state else {
+            return Err(format!("not a virtio-mem state: {state:?}"));
+        };
+        let mut s = self.shared.lock();
+        let restored = MemState::from_saved(*s.geometry(), s.populate(), saved)?;
+        let block = restored.geometry().block_size;
+        for (i, &(offset, len)) in saved.plugged.iter().enumerate() {
+            if let Err(e) = self.shared.backend.dma_map(offset, len, block) {
+                for &(o, l) in &saved.plugged[..i] {
+                    let _ = self.shared.backend.dma_unmap(o, l);
+                }
+                return Err(format!(
+                    "virtio-mem: cannot map {len:#x} bytes at {offset:#x} for device DMA: {e}"
+                ));
+            }
+        }
+        *s = restored;
+        Ok(())
+    }
+
     fn reset(&mut self) {
         // Block states survive a device reset (virtio 1.2 §5.15.6.4).
-        if let Some(w) = self.worker.take() {
-            w.stop();
-        }
+        drop(self.pause());
         *self
             .shared
             .activated

@@ -228,6 +228,29 @@ pub struct MemState {
     generation: u32,
 }
 
+/// What a snapshot keeps of a virtio-mem device: the sizes the driver
+/// sees and which blocks are plugged (as byte runs from the region start).
+/// Mappings are not saved: the restoring VMM maps the slots again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemSavedState {
+    /// Region start, checked against the restoring device.
+    pub addr: u64,
+    /// Region size, checked.
+    pub region_size: u64,
+    /// Block size, checked.
+    pub block_size: u64,
+    /// `usable_region_size`.
+    pub usable_region_size: u64,
+    /// `requested_size`.
+    pub requested_size: u64,
+    /// Plugged `(offset, len)` runs, in order, whole blocks.
+    pub plugged: Vec<(u64, u64)>,
+    /// `VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE` was negotiated.
+    pub inaccessible: bool,
+    /// Configuration generation.
+    pub generation: u32,
+}
+
 fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
@@ -248,6 +271,79 @@ impl MemState {
         };
         s.set_requested(requested_size);
         s
+    }
+
+    /// The state a snapshot keeps.
+    pub fn saved(&self) -> MemSavedState {
+        let g = &self.geometry;
+        MemSavedState {
+            addr: g.addr,
+            region_size: g.region_size,
+            block_size: g.block_size,
+            usable_region_size: self.usable_region_size,
+            requested_size: self.requested_size,
+            plugged: self.plugged_runs(0, g.region_size),
+            inaccessible: self.inaccessible,
+            generation: self.generation,
+        }
+    }
+
+    /// A device state from a snapshot, for a device of `geometry`: the
+    /// geometry must match, sizes be whole blocks inside the region, runs
+    /// ordered, block-aligned and inside the usable region. No slot is
+    /// mapped yet: activation maps what the plugged blocks need.
+    pub fn from_saved(
+        geometry: Geometry,
+        populate: bool,
+        st: &MemSavedState,
+    ) -> Result<Self, String> {
+        let g = geometry;
+        if (st.addr, st.region_size, st.block_size) != (g.addr, g.region_size, g.block_size) {
+            return Err(format!(
+                "virtio-mem: the snapshot's region ({:#x} bytes at {:#x}, {:#x}-byte blocks) is not this VM's ({:#x} at {:#x}, {:#x})",
+                st.region_size, st.addr, st.block_size, g.region_size, g.addr, g.block_size
+            ));
+        }
+        let whole = |v: u64| v.is_multiple_of(g.block_size) && v <= g.region_size;
+        if !whole(st.usable_region_size) || !whole(st.requested_size) {
+            return Err(
+                "virtio-mem: requested or usable size is not whole blocks inside the region".into(),
+            );
+        }
+        let mut s = Self::new(geometry, 0, populate);
+        s.usable_region_size = st.usable_region_size;
+        s.requested_size = st.requested_size;
+        s.inaccessible = st.inaccessible;
+        s.generation = st.generation;
+        let mut end = 0;
+        for &(offset, len) in &st.plugged {
+            let Some(run_end) = offset.checked_add(len) else {
+                return Err("virtio-mem: a plugged run overflows".into());
+            };
+            if offset < end
+                || len == 0
+                || !whole(offset)
+                || !whole(len)
+                || run_end > st.usable_region_size
+            {
+                return Err(format!(
+                    "virtio-mem: plugged run {len:#x} bytes at {offset:#x} is not whole blocks, in order, inside the usable region"
+                ));
+            }
+            end = run_end;
+            s.blocks
+                .set_range(offset / g.block_size, len / g.block_size, true);
+        }
+        let bps = g.blocks_per_slot();
+        for (n, p) in s.slot_plugged.iter_mut().enumerate() {
+            *p = s.blocks.count_range(n as u64 * bps, bps);
+        }
+        Ok(s)
+    }
+
+    /// Whether plugs allocate their backing first (hugetlbfs).
+    pub fn populate(&self) -> bool {
+        self.populate
     }
 
     /// Geometry.

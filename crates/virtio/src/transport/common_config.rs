@@ -88,6 +88,61 @@ impl CommonConfig {
         }
     }
 
+    /// The registers and queues, for a snapshot (ring positions of active
+    /// queues are the device's: the transport fills them in).
+    pub fn state(&self) -> crate::state::CommonConfigState {
+        crate::state::CommonConfigState {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            config_vector: self.config_vector,
+            status: self.status,
+            queue_select: self.queue_select,
+            queues: self
+                .queues
+                .iter()
+                .map(crate::state::QueueSnapshot::of)
+                .collect(),
+            queue_vectors: self.queue_vectors.clone(),
+        }
+    }
+
+    /// Restores saved registers into the configuration of the same device
+    /// (same number of queues, same maximum sizes).
+    pub fn restore(&mut self, st: &crate::state::CommonConfigState) -> Result<(), String> {
+        if st.queues.len() != self.queues.len() || st.queue_vectors.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues saved, the device has {}",
+                st.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let queues = st
+            .queues
+            .iter()
+            .zip(&self.queues)
+            .enumerate()
+            .map(|(i, (saved, now))| {
+                saved
+                    .to_queue(now.max_size())
+                    .map_err(|e| format!("queue {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.device_feature_select = st.device_feature_select;
+        self.driver_feature_select = st.driver_feature_select;
+        self.driver_features = st.driver_features & self.device_features;
+        self.config_vector = self.vector_or_none(st.config_vector);
+        self.status = st.status;
+        self.queue_select = st.queue_select;
+        self.queues = queues;
+        self.queue_vectors = st
+            .queue_vectors
+            .iter()
+            .map(|&v| self.vector_or_none(v))
+            .collect();
+        Ok(())
+    }
+
     /// Back to the state after power-on (device reset).
     pub fn reset(&mut self) {
         self.device_feature_select = 0;

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pci::{
-    apply_events, Bar, BarKind, BarMove, ConfigSpace, MsixCap, MsixSink, MsixTable, PciClass,
-    PciDevice, Trigger, CAP_ID_VENDOR,
+    apply_events, Bar, BarKind, BarMove, ConfigSpace, MsixCap, MsixEvent, MsixSink, MsixTable,
+    PciClass, PciDevice, Trigger, CAP_ID_VENDOR,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
@@ -24,6 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::common_config::{CommonAction, CommonConfig, NO_VECTOR};
 use crate::device::{ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::state::{QueueSnapshot, VirtioPciState};
 use crate::{device_type, features, status};
 
 /// Size of BAR 0.
@@ -134,6 +135,8 @@ pub struct VirtioPciDevice {
     notify: Vec<EventFd>,
     mem: crate::DeviceMemory,
     active: bool,
+    /// The queues of an active device whose worker is stopped (VM pause).
+    paused: Option<Vec<ActiveQueue>>,
 }
 
 impl VirtioPciDevice {
@@ -220,6 +223,7 @@ impl VirtioPciDevice {
             notify,
             mem,
             active: false,
+            paused: None,
         })
     }
 
@@ -266,7 +270,119 @@ impl VirtioPciDevice {
         self.reset();
     }
 
+    /// Stops the device's worker and keeps its queues (VM pause): nothing
+    /// of this device touches guest memory until [`VirtioPciDevice::resume`].
+    pub fn pause(&mut self) {
+        if self.active && self.paused.is_none() {
+            self.paused = Some(self.device.pause());
+        }
+    }
+
+    /// Continues a paused device where it stopped (a restored device starts
+    /// here too).
+    pub fn resume(&mut self) {
+        let Some(queues) = self.paused.take() else {
+            return;
+        };
+        let features = self.common.negotiated();
+        if let Err(e) =
+            self.device
+                .activate(self.mem.clone(), self.interrupt.clone(), queues, features)
+        {
+            self.active = false;
+            self.needs_reset(&e.to_string());
+        }
+    }
+
+    /// The transport's and the device's state, for a snapshot; the device
+    /// must be paused (or not active).
+    pub fn save(&self) -> Result<VirtioPciState, String> {
+        if self.active && self.paused.is_none() {
+            return Err(format!(
+                "{}: the device is running: pause it first",
+                self.name
+            ));
+        }
+        let mut common = self.common.state();
+        for q in self.paused.iter().flatten() {
+            if let Some(saved) = common.queues.get_mut(usize::from(q.index)) {
+                let live = QueueSnapshot::of(&q.queue);
+                saved.next_avail = live.next_avail;
+                saved.next_used = live.next_used;
+                saved.event_idx = live.event_idx;
+            }
+        }
+        Ok(VirtioPciState {
+            device_type: self.device.device_type(),
+            config: self.config.state(),
+            msix: self.msix.lock().unwrap_or_else(|e| e.into_inner()).state(),
+            common,
+            isr: self.interrupt.isr.load(Ordering::Acquire),
+            device: self.device.save_state(),
+        })
+    }
+
+    /// Restores a saved state into this freshly built device (never
+    /// activated) and returns the BARs to move to their saved addresses. A
+    /// device the driver had running is left paused with its queues:
+    /// [`VirtioPciDevice::resume`] starts it. On an error the device is
+    /// half-restored and must be dropped.
+    pub fn restore(&mut self, st: &VirtioPciState) -> Result<Vec<BarMove>, String> {
+        let err = |e: String| format!("{}: {e}", self.name);
+        if self.active {
+            return Err(err("the device is already in use".into()));
+        }
+        if st.device_type != self.device.device_type() {
+            return Err(err(format!(
+                "saved as virtio device type {}, this is type {}",
+                st.device_type,
+                self.device.device_type()
+            )));
+        }
+        let moves = self.config.restore(&st.config).map_err(err)?;
+        self.common.restore(&st.common).map_err(err)?;
+        {
+            let mut t = self.msix.lock().unwrap_or_else(|e| e.into_inner());
+            t.restore(&st.msix).map_err(err)?;
+            // Routes for every vector; pending bits stay pending.
+            apply_events(&t, &[MsixEvent::AllChanged], self.interrupt.sink.as_ref());
+        }
+        self.interrupt.isr.store(st.isr, Ordering::Release);
+        self.sync_vectors();
+        self.device.restore_state(&st.device).map_err(err)?;
+        let running =
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        if self.common.status & running == running
+            && self.common.status & (status::DEVICE_NEEDS_RESET | status::FAILED) == 0
+        {
+            let view = self.mem.memory();
+            let mut queues = Vec::new();
+            for (i, q) in self.common.queues.iter().enumerate() {
+                if !q.ready() {
+                    continue;
+                }
+                if !rings_in_memory(q, &view) {
+                    return Err(err(format!("queue {i}: rings outside guest memory")));
+                }
+                let queue =
+                    Queue::try_from(q.state()).map_err(|e| err(format!("queue {i}: {e:?}")))?;
+                let notify = self.notify[i]
+                    .try_clone()
+                    .map_err(|e| err(format!("eventfd: {e}")))?;
+                queues.push(ActiveQueue {
+                    index: i as u16,
+                    queue,
+                    notify,
+                });
+            }
+            self.active = true;
+            self.paused = Some(queues);
+        }
+        Ok(moves)
+    }
+
     fn reset(&mut self) {
+        self.paused = None;
         if self.active {
             self.device.reset();
             self.active = false;

@@ -383,14 +383,8 @@ pub fn boot(
             (loaded.kernel_load.0, linux.cmdline.clone(), initrd)
         }
     };
-    let mut mpidrs = Vec::with_capacity(vcpus.len());
-    for v in vcpus {
-        let mut b = [0u8; 8];
-        v.get_one_reg(regs::MPIDR_EL1, &mut b)
-            .map_err(Error::kvm("KVM_GET_ONE_REG(MPIDR_EL1)"))?;
-        mpidrs.push(u64::from_le_bytes(b));
-    }
-    platform.mpidrs = mpidrs.clone();
+    prepare_restore(vcpus, platform)?;
+    let mpidrs = platform.mpidrs.clone();
     let dtb = fdt::build(&FdtConfig {
         mpidrs,
         layout: *mem_layout,
@@ -408,6 +402,21 @@ pub fn boot(
         boot.set_one_reg(id, &value.to_le_bytes())
             .map_err(Error::kvm("KVM_SET_ONE_REG"))?;
     }
+    Ok(())
+}
+
+/// What [`boot`] records about the vCPUs (their MPIDRs, which the GIC's
+/// save and restore use), without loading anything: a restore brings
+/// memory and registers.
+pub fn prepare_restore(vcpus: &[VcpuFd], platform: &mut Platform) -> Result<()> {
+    let mut mpidrs = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        let mut b = [0u8; 8];
+        v.get_one_reg(regs::MPIDR_EL1, &mut b)
+            .map_err(Error::kvm("KVM_GET_ONE_REG(MPIDR_EL1)"))?;
+        mpidrs.push(u64::from_le_bytes(b));
+    }
+    platform.mpidrs = mpidrs;
     Ok(())
 }
 

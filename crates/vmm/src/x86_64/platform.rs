@@ -125,6 +125,16 @@ pub fn boot(
     Ok(())
 }
 
+/// Sets every vCPU up as [`boot`] does (CPUID and the vCPU's fixed setup)
+/// but loads nothing: a restore brings memory and registers.
+pub fn prepare_restore(vcpus: &[VcpuFd], platform: &mut Platform) -> Result<()> {
+    let nr = vcpus.len() as u8;
+    for (id, vcpu) in vcpus.iter().enumerate() {
+        setup_vcpu(vcpu, &platform.host, id as u8, nr, None)?;
+    }
+    Ok(())
+}
+
 /// Loads the kernel (or raw test code) and writes every boot structure.
 fn load_payload(
     cfg: &VmConfig,
