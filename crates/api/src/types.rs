@@ -100,6 +100,14 @@ pub struct VmResizeRequest {
     pub desired_balloon: Option<u64>,
 }
 
+/// `PUT /api/v1/vm.snapshot` (Cloud Hypervisor's `VmSnapshotConfig`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshotConfig {
+    /// `file:///DIR`: the directory the snapshot is written to.
+    pub destination_url: String,
+}
+
 /// A device in `vm.info`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeviceInfo {

@@ -30,6 +30,9 @@ Examples:
   caravel --kernel vmlinux --initramfs initrd.cpio.gz --cmdline \"console=ttyS0\" \\
           --cpus boot=2 --memory size=512M --api-socket /tmp/caravel.sock
   caravel-remote --api-socket /tmp/caravel.sock info
+  caravel-remote --api-socket /tmp/caravel.sock pause
+  caravel-remote --api-socket /tmp/caravel.sock snapshot file:///var/tmp/snap
+  caravel --restore source_url=file:///var/tmp/snap,resume=on --api-socket /tmp/c2.sock
 
 Exit status: 0 when the guest powers off (or reboots with --no-reboot) or the
 VM is shut down through the API or SIGTERM; 1 when the guest crashes (triple
@@ -48,8 +51,22 @@ fault, KVM internal error) or Caravel fails; 2 for a bad command line.";
 )]
 pub struct Args {
     /// Kernel: an ELF vmlinux (booted through its PVH entry when it has one) or a bzImage.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+
+    /// Start from a snapshot instead of booting (see `--help`).
+    #[arg(
+        long,
+        value_name = "source_url=file:///DIR[,resume=on]",
+        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "rng"],
+        help = "Start from a snapshot taken with vm.snapshot (caravel-remote snapshot) \
+                instead of booting: source_url=file:///DIR[,resume=on]. The VM's vCPUs, \
+                memory and devices come from the snapshot (its disk images must still \
+                be there); --serial, --console, --api-socket, --event-monitor, \
+                --seccomp and --no-reboot are taken from this command line. The VM comes \
+                up paused (resume it with caravel-remote resume) unless resume=on."
+    )]
+    pub restore: Option<String>,
 
     /// initramfs image (cpio, optionally compressed in a format the kernel supports).
     #[arg(long, value_name = "PATH")]
@@ -381,10 +398,56 @@ pub fn parse_console(flag: &'static str, s: &str) -> Result<ConsoleConfig, Optio
     }
 }
 
+/// `--restore`: where the snapshot is and whether to resume at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOption {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// `resume=on`.
+    pub resume: bool,
+}
+
+/// Parses `--restore source_url=file:///DIR[,resume=on]`.
+pub fn parse_restore(s: &str) -> Result<RestoreOption, OptionError> {
+    let flag = "--restore";
+    let kv = KeyValues::parse(flag, s, &["source_url", "resume"], Some("source_url"))?;
+    let url = kv
+        .get("source_url")
+        .ok_or_else(|| OptionError::new(flag, "source_url=file:///DIR is required"))?;
+    let dir = vmm::snapshot::files::dir_of_url(flag, url).map_err(|e| {
+        OptionError::new(
+            flag,
+            e.to_string().trim_start_matches("--restore: ").to_string(),
+        )
+    })?;
+    Ok(RestoreOption {
+        dir,
+        resume: kv.toggle("resume")?.unwrap_or(false),
+    })
+}
+
 impl Args {
-    /// Checks every option and builds the VM configuration.
+    /// `--restore`, checked.
+    pub fn restore(&self) -> Result<Option<RestoreOption>, OptionError> {
+        self.restore.as_deref().map(parse_restore).transpose()
+    }
+
+    /// Checks every option and builds the VM configuration. With
+    /// `--restore` the payload is empty: the snapshot brings the VM.
     pub fn to_config(&self) -> Result<VmConfig, OptionError> {
-        readable_file("--kernel", &self.kernel)?;
+        let kernel = match (&self.kernel, &self.restore) {
+            (Some(k), _) => k.clone(),
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => {
+                return Err(OptionError::new(
+                    "--kernel",
+                    "a kernel is required (or --restore)",
+                ))
+            }
+        };
+        if self.restore.is_none() {
+            readable_file("--kernel", &kernel)?;
+        }
         if let Some(p) = &self.initramfs {
             readable_file("--initramfs", p)?;
         }
@@ -411,7 +474,7 @@ impl Args {
             cpus: parse_cpus(&self.cpus)?,
             memory: parse_memory(&self.memory)?,
             payload: Payload::Linux(LinuxPayload {
-                kernel: self.kernel.clone(),
+                kernel,
                 initramfs: self.initramfs.clone(),
                 cmdline,
             }),

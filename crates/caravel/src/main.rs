@@ -29,7 +29,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut vmm = Vmm::new(config);
+    let restore = match args.restore() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("caravel: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut vmm = match restore {
+        None => Vmm::new(config),
+        Some(r) => match Vmm::restore(config, &r.dir, r.resume) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("caravel: error: cannot restore {}: {e}", r.dir.display());
+                return ExitCode::from(if e.is_config_error() { 2 } else { 1 });
+            }
+        },
+    };
     if let Err(e) = vmm.handle_termination_signals() {
         eprintln!("caravel: error: {e}");
         return ExitCode::from(1);

@@ -46,6 +46,13 @@ pub enum Command {
     Pause,
     /// Resume a paused VM.
     Resume,
+    /// Save a paused VM into a directory (state.json and a sparse memory
+    /// file); `caravel --restore source_url=URL` starts it again.
+    Snapshot {
+        /// Where: file:///DIR (created if missing).
+        #[arg(value_name = "file:///DIR")]
+        destination_url: String,
+    },
     /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
     Resize {
         /// Total RAM wanted, e.g. 768M (boot size + a multiple of the block size).
@@ -147,6 +154,14 @@ pub fn run(args: &RemoteArgs) -> Outcome {
         Command::Shutdown => (Method::Put, "vm.shutdown"),
         Command::Pause => (Method::Put, "vm.pause"),
         Command::Resume => (Method::Put, "vm.resume"),
+        Command::Snapshot { destination_url } => {
+            body = Some(
+                serde_json::json!({ "destination_url": destination_url })
+                    .to_string()
+                    .into_bytes(),
+            );
+            (Method::Put, "vm.snapshot")
+        }
         Command::Resize { memory, .. } => match arch::parse_size(memory) {
             Ok(bytes) => {
                 body = Some(
@@ -170,7 +185,11 @@ pub fn run(args: &RemoteArgs) -> Outcome {
         method,
         &path,
         body.as_deref(),
-        Duration::from_secs(args.timeout),
+        // Writing a snapshot takes as long as guest memory needs.
+        Duration::from_secs(match args.command {
+            Command::Snapshot { .. } => args.timeout.max(600),
+            _ => args.timeout,
+        }),
     );
     if let (
         Ok(r),

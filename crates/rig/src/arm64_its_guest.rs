@@ -145,7 +145,7 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .enqueue_input(b"\n");
-            let regs = state.vcpus.first().map_or(0, |v| v.regs.len());
+            let regs = state.arch.vcpus.first().map_or(0, |v| v.regs.len());
             migrations.push((t0.elapsed(), regs));
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -20,6 +20,7 @@ mod mem_scenarios;
 mod robust_scenarios;
 mod scenarios;
 mod session;
+mod snapshot_scenarios;
 mod vfio_scenarios;
 
 use std::path::PathBuf;

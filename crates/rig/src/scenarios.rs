@@ -33,6 +33,10 @@ pub const ALL: &[Scenario] = &[
         run: pause_resume,
     },
     Scenario {
+        name: "snapshot-restore-in-a-new-process",
+        run: crate::snapshot_scenarios::restore_in_new_process,
+    },
+    Scenario {
         name: "not-a-kernel-exits-2",
         run: not_a_kernel,
     },

@@ -27,6 +27,14 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 16;
 /// How long the server waits for the VMM to carry out a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `vm.snapshot` may take before the client hears 504.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a command may take to complete.
+enum CommandKind {
+    Quick,
+    Snapshot,
+}
 
 /// State the API reads without involving the VMM thread.
 #[derive(Debug, Clone)]
@@ -89,6 +97,11 @@ pub enum ApiCommand {
     Pause,
     /// Start the vCPUs of a paused VM again (`vm.resume`).
     Resume,
+    /// Save the paused VM into a directory (`vm.snapshot`).
+    Snapshot {
+        /// `file:///DIR`.
+        destination_url: String,
+    },
     /// Set total guest RAM (`vm.resize`).
     Resize {
         /// Boot RAM plus hotplugged memory, in bytes.
@@ -352,6 +365,11 @@ fn json<T: serde::Serialize>(v: &T) -> Response {
 fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let shutdown = cmd == ApiCommand::Shutdown;
+    let cmd_kind = if matches!(cmd, ApiCommand::Snapshot { .. }) {
+        CommandKind::Snapshot
+    } else {
+        CommandKind::Quick
+    };
     // A shutdown that finds the VM already stopped (a second, concurrent
     // vm.shutdown) has what it asked for.
     let stopped = || {
@@ -367,7 +385,13 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
         };
     }
     let _ = ctx.wake.write(1);
-    match reply_rx.recv_timeout(COMMAND_TIMEOUT) {
+    // Writing a snapshot takes as long as the disk needs for guest memory.
+    let timeout = if matches!(cmd_kind, CommandKind::Snapshot) {
+        SNAPSHOT_TIMEOUT
+    } else {
+        COMMAND_TIMEOUT
+    };
+    match reply_rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(_) if shutdown && stopped() => Response::no_content(),
         Err(mpsc::RecvTimeoutError::Disconnected) if shutdown => Response::no_content(),
@@ -390,6 +414,7 @@ pub const ENDPOINTS: &[(&str, Method)] = &[
     ("vm.pause", Method::Put),
     ("vm.resume", Method::Put),
     ("vm.resize", Method::Put),
+    ("vm.snapshot", Method::Put),
     ("vmm.shutdown", Method::Put),
 ];
 
@@ -451,6 +476,22 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
         "vm.pause" => send_command(ctx, ApiCommand::Pause),
         "vm.resume" => send_command(ctx, ApiCommand::Resume),
+        "vm.snapshot" => {
+            match api::types::from_json_object::<api::types::VmSnapshotConfig>(&req.body) {
+                Err(e) => Response::error(
+                    400,
+                    &format!(
+                        "vm.snapshot body: {e} (expected {{\"destination_url\": \"file:///DIR\"}})"
+                    ),
+                ),
+                Ok(c) => send_command(
+                    ctx,
+                    ApiCommand::Snapshot {
+                        destination_url: c.destination_url,
+                    },
+                ),
+            }
+        }
         "vm.resize" => match api::types::from_json_object::<api::types::VmResizeRequest>(&req.body)
         {
             Err(e) => Response::error(

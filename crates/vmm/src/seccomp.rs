@@ -286,12 +286,25 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_sched_setaffinity,
                     libc::SYS_munlock,
                     libc::SYS_mlock,
+                    // vm.snapshot: the directory and its files.
+                    libc::SYS_mkdirat,
+                    libc::SYS_renameat,
+                    libc::SYS_renameat2,
                 ],
             );
             // Disks and virtio-mem memfds, as the workers use them.
             allow(&mut r, WORKER_SYSCALLS);
             #[cfg(target_arch = "x86_64")]
-            allow(&mut r, &[libc::SYS_unlink, libc::SYS_dup2, libc::SYS_pipe]);
+            allow(
+                &mut r,
+                &[
+                    libc::SYS_unlink,
+                    libc::SYS_dup2,
+                    libc::SYS_pipe,
+                    libc::SYS_mkdir,
+                    libc::SYS_rename,
+                ],
+            );
         }
         ThreadKind::Vcpu => {
             // Device accesses: disks and VFIO regions. A guest driver's

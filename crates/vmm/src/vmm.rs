@@ -66,11 +66,19 @@ impl Guest {
     }
 }
 
+/// A snapshot to start from instead of booting (`--restore`).
+struct Restore {
+    dir: std::path::PathBuf,
+    snapshot: crate::snapshot::files::Snapshot,
+    resume: bool,
+}
+
 /// Runs VMs for one configuration until the guest powers off, the host asks
 /// it to stop, or it crashes.
 pub struct Vmm {
     config: VmConfig,
     signal_event: Option<Arc<EventFd>>,
+    restore: Option<Restore>,
 }
 
 impl Vmm {
@@ -79,7 +87,31 @@ impl Vmm {
         Self {
             config,
             signal_event: None,
+            restore: None,
         }
+    }
+
+    /// A VMM that starts from the snapshot in `dir` (checked now: format,
+    /// version, architecture, checksum, memory file, disk images). The VM's
+    /// shape and devices come from the snapshot; output, API socket,
+    /// sandbox and reboot policy from `host`. The VM comes up paused unless
+    /// `resume`.
+    pub fn restore(host: VmConfig, dir: &std::path::Path, resume: bool) -> Result<Self> {
+        let snapshot = crate::snapshot::files::load(dir)?;
+        Ok(Self {
+            config: snapshot.config.apply_to(&host),
+            signal_event: None,
+            restore: Some(Restore {
+                dir: dir.to_path_buf(),
+                snapshot,
+                resume,
+            }),
+        })
+    }
+
+    /// The configuration the VMM runs (for a restore: the snapshot's).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
     }
 
     /// Makes SIGTERM, SIGINT and SIGHUP stop the VM cleanly (for the
@@ -103,7 +135,8 @@ impl Vmm {
 
     /// Boots the guest (again after each guest reset unless `no_reboot`) and
     /// returns the final exit reason.
-    pub fn run(self) -> Result<ExitReason> {
+    pub fn run(mut self) -> Result<ExitReason> {
+        let mut restore = self.restore.take();
         let cfg = &self.config;
         // Threads started from here on install their filters.
         crate::seccomp::set_mode(cfg.seccomp);
@@ -134,7 +167,16 @@ impl Vmm {
             output_dropped: None,
         }));
         // The last vm.resize, carried across guest reboots.
-        let mut hotplug_requested: Option<u64> = None;
+        let mut hotplug_requested: Option<u64> = restore.as_ref().and_then(|r| {
+            r.snapshot
+                .vm
+                .devices
+                .iter()
+                .find_map(|d| match &d.state.device {
+                    virtio::state::DeviceState::Mem(m) => Some(m.requested_size),
+                    _ => None,
+                })
+        });
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
         let api = match &cfg.api_socket {
@@ -159,14 +201,37 @@ impl Vmm {
                 "serial-out",
                 serial_dropped.clone(),
             )?;
-            let vm = Vm::new(cfg, out, events.clone(), hotplug_requested)?;
+            let (vm, paused) = match restore.take() {
+                Some(r) => {
+                    let vm = Vm::new_for_restore(cfg, out, events.clone())?;
+                    let report = crate::snapshot::files::restore(&vm, &r.snapshot, &r.dir)?;
+                    log::info!(
+                        "restored {} ({} MiB of memory read) in {:?}",
+                        r.dir.display(),
+                        report.memory_read >> 20,
+                        report.elapsed
+                    );
+                    emit(
+                        "restored",
+                        Some(
+                            serde_json::json!({"source": r.dir, "memory_read": report.memory_read}),
+                        ),
+                    );
+                    (vm, !r.resume)
+                }
+                None => (Vm::new(cfg, out, events.clone(), hotplug_requested)?, false),
+            };
             {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.output_dropped = Some(crate::api_server::OutputDropped {
                     serial: serial_dropped.clone(),
                     console: vm.console_dropped(),
                 });
-                s.state = VmState::Running;
+                s.state = if paused {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                };
                 s.boot_count += 1;
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
@@ -176,9 +241,13 @@ impl Vmm {
                 "booting",
                 Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
             );
-            let running = vm.start()?;
+            let guest = if paused {
+                Guest::Paused(vm)
+            } else {
+                Guest::Running(vm.start()?)
+            };
             let reason = self.event_loop(
-                running,
+                guest,
                 api_commands.as_ref(),
                 &mut hotplug_requested,
                 &shared,
@@ -236,14 +305,46 @@ impl Vmm {
         Ok(requested)
     }
 
+    /// `vm.snapshot`: the VM must be paused; the directory comes from a
+    /// `file:///DIR` URL.
+    fn snapshot(&self, guest: &Guest, url: &str) -> Response {
+        let Guest::Paused(vm) = guest else {
+            return Response::error(409, "the VM is running: pause it first (vm.pause)");
+        };
+        let dir = match crate::snapshot::files::dir_of_url("destination_url", url) {
+            Ok(d) => d,
+            Err(e) => return Response::error(400, &e.to_string()),
+        };
+        match crate::snapshot::files::save(vm, &self.config, &dir) {
+            Ok(r) => {
+                log::info!(
+                    "snapshot in {}: state {} bytes, memory {} MiB stored of {} MiB, {:?}",
+                    dir.display(),
+                    r.state_bytes,
+                    r.memory_stored >> 20,
+                    r.memory_size >> 20,
+                    r.elapsed
+                );
+                if let Some(ev) = vm.events() {
+                    ev.emit(
+                        "vm",
+                        "snapshot",
+                        Some(serde_json::json!({"destination": dir, "memory_stored": r.memory_stored})),
+                    );
+                }
+                Response::no_content()
+            }
+            Err(e) => Response::error(500, &e.to_string()),
+        }
+    }
+
     fn event_loop(
         &self,
-        running: RunningVm,
+        mut guest: Guest,
         api: Option<&ApiCommands>,
         hotplug_requested: &mut Option<u64>,
         shared: &Mutex<ApiShared>,
     ) -> Result<ExitReason> {
-        let mut guest = Guest::Running(running);
         let set_state = |state: VmState| {
             shared.lock().unwrap_or_else(|e| e.into_inner()).state = state;
         };
@@ -364,6 +465,9 @@ impl Vmm {
                                             }
                                         };
                                         let _ = reply.send(r);
+                                    }
+                                    ApiCommand::Snapshot { destination_url } => {
+                                        let _ = reply.send(self.snapshot(&guest, &destination_url));
                                     }
                                     ApiCommand::Resize { desired_ram } => {
                                         let r = match self.resize(guest.vm(), desired_ram) {
