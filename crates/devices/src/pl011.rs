@@ -324,6 +324,26 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_pl011_reads_on_where_the_saved_one_was() {
+        let (mut d, ..) = uart();
+        wr(&mut d, IBRD, 13);
+        wr(&mut d, LCR_H, 0x70);
+        wr(&mut d, IMSC, INT_RX);
+        d.enqueue_input(b"ab");
+        assert_eq!(rd(&mut d, DR) & 0xff, u32::from(b'a'));
+        let st = d.state();
+        let (mut fresh, ..) = uart();
+        fresh.restore(&st).unwrap();
+        assert_eq!(rd(&mut fresh, IBRD), 13);
+        assert_eq!(rd(&mut fresh, LCR_H), 0x70);
+        assert_eq!(rd(&mut fresh, MIS) & INT_RX, INT_RX, "RX still pending");
+        assert_eq!(rd(&mut fresh, DR) & 0xff, u32::from(b'b'));
+        let mut big = st;
+        big.rx = vec![0; RX_FIFO_SIZE + 1];
+        assert!(fresh.restore(&big).is_err());
+    }
+
+    #[test]
     fn identifies_as_a_pl011_primecell() {
         let (mut d, ..) = uart();
         let ids: Vec<u32> = (0..8).map(|i| rd(&mut d, 0xfe0 + 4 * i)).collect();

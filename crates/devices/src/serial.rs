@@ -277,6 +277,42 @@ mod tests {
         assert_eq!(dev.enqueue_input(b"y"), 0);
     }
 
+    /// Registers and unread input survive save -> restore into a fresh
+    /// UART (with its own output), and the guest reads on where it was.
+    #[test]
+    fn a_restored_uart_reads_on_where_the_saved_one_was() {
+        let (mut dev, _irq, _w, _out) = device();
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(3, &[0x03]); // LCR: 8N1
+        dev.write(1, &[0x01]); // IER
+        dev.enqueue_input(b"xyz");
+        let mut d = [0u8];
+        dev.read(0, &mut d);
+        assert_eq!(d[0], b'x');
+        let st = dev.state();
+        let (mut fresh, _irq2, _w2, out2) = device();
+        fresh.restore(&st).unwrap();
+        fresh.read(7, &mut d);
+        assert_eq!(d[0], 0x5a);
+        fresh.read(3, &mut d);
+        assert_eq!(d[0], 0x03);
+        fresh.read(0, &mut d);
+        assert_eq!(d[0], b'y');
+        fresh.read(0, &mut d);
+        assert_eq!(d[0], b'z');
+        fresh.write(0, b"!");
+        assert_eq!(
+            &*out2.0.lock().unwrap(),
+            b"!",
+            "output goes to the new writer"
+        );
+        let UartState::Ns16550(mut big) = st else {
+            panic!("not a 16550 state")
+        };
+        big.in_buffer = vec![0; 65];
+        assert!(fresh.restore(&UartState::Ns16550(big)).is_err());
+    }
+
     #[test]
     fn wide_and_far_accesses_do_not_panic() {
         let (mut dev, _irq, _w, _out) = device();

@@ -693,6 +693,71 @@ mod tests {
         u64::from_le_bytes(c[o..o + 8].try_into().unwrap())
     }
 
+    // --- snapshots ---
+
+    /// Plugged blocks and sizes survive save -> restore, and the restored
+    /// state answers the next requests as the original would: the plugged
+    /// blocks unplug, a plugged block cannot be plugged again, and
+    /// activation maps exactly the slots holding plugged blocks.
+    #[test]
+    fn a_restored_state_answers_as_the_saved_one() {
+        let mut s = state(512 * MIB);
+        assert_eq!(run(&mut s, plug(BASE, 10)).kind, RESP_ACK);
+        assert_eq!(run(&mut s, plug(BASE + 300 * MIB, 4)).kind, RESP_ACK);
+        let saved = s.saved();
+        assert_eq!(saved.plugged, vec![(0, 20 * MIB), (300 * MIB, 8 * MIB)]);
+        let mut r = MemState::from_saved(geom(), false, &saved).unwrap();
+        assert_eq!(r.config(), s.config(), "the driver sees the same device");
+        let maps = r.activate(true);
+        assert_eq!(maps, vec![Effect::MapSlot(0), Effect::MapSlot(2)]);
+        for e in maps {
+            r.slot_done(e);
+        }
+        assert_eq!(
+            run(&mut r, plug(BASE, 1)).kind,
+            RESP_ERROR,
+            "already plugged"
+        );
+        assert_eq!(run(&mut r, unplug(BASE + 300 * MIB, 4)).kind, RESP_ACK);
+        assert_eq!(r.plugged_size(), 20 * MIB);
+    }
+
+    #[test]
+    fn a_saved_state_that_does_not_fit_is_refused() {
+        let mut s = state(512 * MIB);
+        run(&mut s, plug(BASE, 10));
+        let saved = s.saved();
+        let other = Geometry {
+            region_size: 2048 * MIB,
+            ..geom()
+        };
+        assert!(MemState::from_saved(other, false, &saved)
+            .unwrap_err()
+            .contains("not this VM's"));
+        for (bad, why) in [
+            (vec![(MIB, 2 * MIB)], "not whole blocks"),
+            (vec![(100 * MIB, 2 * MIB), (0, 2 * MIB)], "in order"),
+            (vec![(1000 * MIB, 2 * MIB)], "inside the usable region"),
+            (vec![(0, 0)], "not whole blocks"),
+            (vec![(u64::MAX - 1, 4 * MIB)], "overflows"),
+        ] {
+            let st = MemSavedState {
+                plugged: bad.clone(),
+                ..saved.clone()
+            };
+            let err = MemState::from_saved(geom(), false, &st).unwrap_err();
+            assert!(
+                err.contains(why) || err.contains("whole blocks"),
+                "{bad:?}: {err}"
+            );
+        }
+        let st = MemSavedState {
+            requested_size: 3 * MIB,
+            ..saved
+        };
+        assert!(MemState::from_saved(geom(), false, &st).is_err());
+    }
+
     // --- configuration rules ---
 
     #[test]

@@ -760,6 +760,132 @@ mod tests {
         assert_eq!(r(&mut d, 0x14, 1), 0, "reset");
     }
 
+    /// A driver's bring-up of an rng with a 16-entry queue and MSI-X
+    /// vector 0; returns the device and the driver's view of the queue.
+    fn running_rng<'a>(
+        mem: &'a GuestMemoryMmap,
+        sink: Arc<Sink>,
+    ) -> (VirtioPciDevice, MockSplitQueue<'a, GuestMemoryMmap>) {
+        let mut d = VirtioPciDevice::new(
+            "rng",
+            Box::new(Rng::default()),
+            crate::DeviceMemory::new(mem.clone()),
+            0x1_0000_0000,
+            sink,
+        )
+        .unwrap();
+        d.write_bar(0, MSIX_TABLE_OFFSET, &0xfee0_0000u32.to_le_bytes());
+        d.write_bar(0, MSIX_TABLE_OFFSET + 8, &0x31u32.to_le_bytes());
+        d.write_bar(0, MSIX_TABLE_OFFSET + 12, &0u32.to_le_bytes());
+        let msix = d.msix_cap.offset as u16;
+        d.write_config(msix + 2, &0x8000u16.to_le_bytes());
+        w(&mut d, 0x14, 3, 1);
+        w(&mut d, 0x08, 1, 4);
+        w(&mut d, 0x0c, 1, 4);
+        w(&mut d, 0x14, 11, 1);
+        let mq = MockSplitQueue::create(mem, GuestAddress(0x8_0000), 16);
+        w(&mut d, 0x16, 0, 2);
+        w(&mut d, 0x18, 16, 2);
+        w(&mut d, 0x1a, 0, 2);
+        w(&mut d, 0x20, mq.desc_table_addr().0, 8);
+        w(&mut d, 0x28, mq.avail_addr().0, 8);
+        w(&mut d, 0x30, mq.used_addr().0, 8);
+        w(&mut d, 0x1c, 1, 2);
+        w(&mut d, 0x14, 15, 1);
+        (d, mq)
+    }
+
+    fn wait_used(mq: &MockSplitQueue<'_, GuestMemoryMmap>, idx: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mq.used().idx().load() < idx && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        mq.used().idx().load()
+    }
+
+    /// Save a running device (paused), restore it into a fresh one at
+    /// another BAR address: the restored device moves its BAR, routes its
+    /// vector again and completes the next request in the next used-ring
+    /// slot (a device restarted from ring position 0 would overwrite slot 0
+    /// and leave the used index at 1).
+    #[test]
+    fn a_saved_device_continues_in_a_fresh_one() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let (mut d, mq) = running_rng(&mem, Arc::new(Sink::default()));
+        mq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x2000, 32, 2, 0))], 0)
+            .unwrap();
+        w(&mut d, NOTIFY_OFFSET, 0, 2);
+        assert_eq!(wait_used(&mq, 1), 1);
+        assert!(d.save().is_err(), "a running device refuses to be saved");
+        d.pause();
+        let st = d.save().unwrap();
+        assert_eq!(st.common.queues[0].next_used, 1);
+        // Through serde, as the state file carries it.
+        let st: VirtioPciState =
+            serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        drop(d);
+
+        let sink = Arc::new(Sink::default());
+        let mut fresh = VirtioPciDevice::new(
+            "rng",
+            Box::new(Rng::default()),
+            crate::DeviceMemory::new(mem.clone()),
+            0x2_0000_0000,
+            sink.clone(),
+        )
+        .unwrap();
+        let moves = fresh.restore(&st).unwrap();
+        assert_eq!(moves.len(), 1);
+        assert_eq!((moves[0].old, moves[0].new), (0x2_0000_0000, 0x1_0000_0000));
+        assert_eq!(fresh.bar_addr(), 0x1_0000_0000);
+        assert_eq!(r(&mut fresh, 0x14, 1), 15, "status restored");
+        assert!(
+            sink.routes
+                .lock()
+                .unwrap()
+                .contains(&(0, Some((0xfee0_0000, 0x31)))),
+            "vector 0 routed again"
+        );
+        fresh.resume();
+        mq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x3000, 16, 2, 0))], 1)
+            .unwrap();
+        w(&mut fresh, NOTIFY_OFFSET, 0, 2);
+        assert_eq!(
+            wait_used(&mq, 2),
+            2,
+            "the next request went to the next slot"
+        );
+        assert_eq!(mq.used().ring().ref_at(1).unwrap().load().len(), 16);
+
+        // Another kind of device, or a different queue size, is refused.
+        let mut other = st.clone();
+        other.device_type = crate::device_type::BLOCK;
+        let mut again = VirtioPciDevice::new(
+            "rng",
+            Box::new(Rng::default()),
+            crate::DeviceMemory::new(mem.clone()),
+            0x1_0000_0000,
+            Arc::new(Sink::default()),
+        )
+        .unwrap();
+        assert!(again
+            .restore(&other)
+            .unwrap_err()
+            .contains("virtio device type 2"));
+        let mut other = st.clone();
+        other.common.queues[0].max_size = 1024;
+        assert!(again
+            .restore(&other)
+            .unwrap_err()
+            .contains("maximum size 1024"));
+        let mut other = st;
+        other.config.data[0] ^= 1;
+        assert!(again
+            .restore(&other)
+            .unwrap_err()
+            .contains("not the same device"));
+    }
+
     #[test]
     fn invalid_rings_mark_the_device_broken_instead_of_starting() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
