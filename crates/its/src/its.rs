@@ -107,7 +107,7 @@ pub struct Dropped {
 pub const DROP_LOG_LEN: usize = 1024;
 
 /// Register values a snapshot carries (KVM_DEV_ARM_VGIC_GRP_ITS_REGS).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ItsRegs {
     /// GITS_IIDR (its Revision is the table ABI).
     pub iidr: u32,

@@ -1,10 +1,9 @@
 //! Caravel's `-g its` in the arm64 rig: the bare-metal guest of
 //! `guests/its` (`/guest/its-tests.img`) tests the ITS of the VM Caravel
 //! gives it, with 4 vCPUs, and prints TAP. The migration groups stop at
-//! "Now migrate the VM": the VM is paused and saved, a new VM is built
-//! from the same configuration and restored (guest memory, vCPUs, GIC,
-//! ITS), the old one is dropped, and a key on the new VM's UART lets the
-//! guest go on.
+//! "Now migrate the VM": the VM is paused and snapshotted to files, its
+//! Caravel is killed, a new Caravel restores it (guest memory, vCPUs, GIC,
+//! ITS, devices), and a key on the new VM's UART lets the guest go on.
 
 use crate::guest::expect_exit;
 use crate::session::Session;
@@ -99,65 +98,73 @@ pub fn unmapped_collection(env: &Env) -> Result<String, String> {
     run_migrating(env, "its-migrate-unmapped-collection", 3)
 }
 
-/// A group with migration, through Caravel's `vmm` library: save, restore
-/// into a new VM, resume, at each prompt.
-#[cfg(target_arch = "aarch64")]
+/// What the guest prints when it wants to be migrated (kvm-unit-tests').
+const MIGRATE_PROMPT: &str = "Now migrate the VM, then press a key to continue...";
+
+/// A group with migration, through snapshot files and a second process at
+/// each prompt: `caravel-remote pause` and `snapshot`, the old Caravel is
+/// killed, `caravel --restore ...,resume=on` goes on, and a key on its UART
+/// lets the guest continue.
 fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> {
     use std::time::{Duration, Instant};
-    use vmm::config::{CpusConfig, LinuxPayload, MemoryConfig, Payload, VmConfig};
-    /// What the guest prints when it wants to be migrated (kvm-unit-tests').
-    const MIGRATE_PROMPT: &str = "Now migrate the VM, then press a key to continue...";
-
-    let mut cfg = VmConfig::new(Payload::Linux(LinuxPayload {
-        kernel: env.guest(GUEST).into(),
-        initramfs: None,
-        cmdline: group.into(),
-    }));
-    cfg.cpus = CpusConfig { boot_vcpus: CPUS };
-    cfg.memory = MemoryConfig::boot_only(MEMORY_MIB << 20);
-    let e = |e: vmm::Error| e.to_string();
-    let out = crate::capture::Capture::default();
+    let timeout = Duration::from_secs(120);
+    let sock = |n: usize| {
+        env.tmp
+            .join(format!("its-{group}-{n}.sock"))
+            .display()
+            .to_string()
+    };
+    let dir = env.tmp.join(format!("its-{group}-snap"));
+    let url = format!("file://{}", dir.display());
+    let _ = std::fs::remove_file(sock(0));
+    let mut args = caravel_args(env, group);
+    args.extend(["--api-socket".into(), format!("path={}", sock(0))]);
     let started = Instant::now();
-    let mut running = vmm::Vm::new(&cfg, Box::new(out.clone()), None, None)
-        .map_err(e)?
-        .start()
-        .map_err(e)?;
-    let mut migrations: Vec<(Duration, usize)> = Vec::new();
-    let deadline = started + Duration::from_secs(120);
-    while running.exit_reason().is_none() {
-        if Instant::now() > deadline {
-            running.stop();
+    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    let mut lines: Vec<String> = Vec::new();
+    let mut migrations: Vec<Duration> = Vec::new();
+    loop {
+        match s.expect(MIGRATE_PROMPT, timeout) {
+            Ok(_) => {}
+            // No more prompts: the guest ran to its end.
+            Err(_) if !s.transcript.is_empty() => break,
+            Err(e) => return Err(e),
+        }
+        let t0 = Instant::now();
+        let n = migrations.len();
+        crate::guest::remote(env, &sock(n), "pause")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = std::process::Command::new(env.bin("caravel-remote"))
+            .args(["--api-socket", &sock(n), "snapshot", &url])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
             return Err(format!(
-                "the guest did not finish within 120 s:\n{}",
-                out.text()
+                "snapshot failed: {}",
+                String::from_utf8_lossy(&out.stderr)
             ));
         }
-        if out.text().matches(MIGRATE_PROMPT).count() > migrations.len() {
-            let t0 = Instant::now();
-            let old = running.pause();
-            let state = old.snapshot().map_err(e)?;
-            let fresh = vmm::Vm::new(&cfg, Box::new(out.clone()), None, None).map_err(e)?;
-            fresh.restore(&state, old.memory()).map_err(e)?;
-            drop(old);
-            running = fresh.start().map_err(e)?;
-            running
-                .serial()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(b"\n");
-            let regs = state.arch.vcpus.first().map_or(0, |v| v.regs.len());
-            migrations.push((t0.elapsed(), regs));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &s.pid().to_string()])
+            .status();
+        let _ = s.wait(Duration::from_secs(10));
+        lines.append(&mut s.transcript);
+        let _ = std::fs::remove_file(sock(n + 1));
+        s = Session::spawn(
+            &env.bin("caravel"),
+            &[
+                "--restore".to_string(),
+                format!("source_url={url},resume=on"),
+                "--api-socket".into(),
+                format!("path={}", sock(n + 1)),
+            ],
+        )?;
+        s.send("")?;
+        migrations.push(t0.elapsed());
     }
-    let reason = running.stop();
-    let lines: Vec<String> = out.text().lines().map(str::to_string).collect();
-    if reason != vmm::ExitReason::PowerOff {
-        return Err(format!(
-            "the VM ended with {reason:?}:\n{}",
-            lines.join("\n")
-        ));
-    }
+    let end = expect_exit(&mut s, 0);
+    lines.append(&mut s.transcript);
+    end.map_err(|e| format!("{e}\n{}", lines.join("\n")))?;
     if migrations.is_empty() {
         return Err(format!(
             "the guest never asked to be migrated:\n{}",
@@ -165,18 +172,12 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
         ));
     }
     let ok = check_tap(&lines, want)?;
-    let (took, regs) = migrations[0];
     Ok(format!(
-        "{ok}/{want} guest checks ok on {CPUS} vCPUs across {} migration(s) into a new VM (save + {MEMORY_MIB} MiB copy + restore {:.0} ms; {regs} registers per vCPU); exit 0 after {:.2} s",
+        "{ok}/{want} guest checks ok on {CPUS} vCPUs across {} migration(s) into a new Caravel process (pause + snapshot to files + kill + restore {:.0} ms); exit 0 after {:.2} s",
         migrations.len(),
-        took.as_secs_f64() * 1e3,
+        migrations[0].as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64()
     ))
-}
-
-#[cfg(not(target_arch = "aarch64"))]
-fn run_migrating(_: &Env, _: &str, _: usize) -> Result<String, String> {
-    Err("aarch64 only".into())
 }
 
 #[cfg(test)]

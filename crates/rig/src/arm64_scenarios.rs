@@ -26,6 +26,10 @@ pub const ALL: &[Scenario] = &[
         run: console_and_mem,
     },
     Scenario {
+        name: "arm64-snapshot-restore-in-a-new-process",
+        run: crate::snapshot_scenarios::restore_in_new_process_arm64,
+    },
+    Scenario {
         name: "arm64-its-save-decode-restore",
         run: its_snapshot,
     },
@@ -230,27 +234,11 @@ fn console_and_mem(env: &Env) -> Result<String, String> {
     let hvc = env.tmp.join("arm64-hvc.txt");
     let sock = env.tmp.join("arm64-mem.sock").display().to_string();
     let _ = std::fs::remove_file(&hvc);
-    let _ = std::fs::remove_file(&sock);
-    let mut a = args(
+    let a = hotplug_args(
         env,
-        "interactive",
-        &[
-            "--console",
-            &format!("file={}", hvc.display()),
-            "--api-socket",
-            &format!("path={sock}"),
-        ],
+        &sock,
+        &["--console", &format!("file={}", hvc.display())],
     );
-    let memory = a
-        .iter()
-        .position(|x| x == "size=256M")
-        .ok_or("no --memory")?;
-    a[memory] = "size=256M,hotplug_method=virtio-mem,hotplug_size=1G".into();
-    let cmdline = a
-        .iter()
-        .position(|x| x.starts_with("console="))
-        .ok_or("no --cmdline")?;
-    a[cmdline] = a[cmdline].replace("quiet", "quiet memhp_default_state=online_movable");
     let mut s = Session::spawn(&env.bin("caravel"), &a)?;
     s.expect("CARAVEL-MARKER", std::time::Duration::from_secs(120))?;
     guest_cmd(&mut s, "echo CARAVEL-HVC > /dev/hvc0")?;
@@ -281,6 +269,26 @@ fn console_and_mem(env: &Env) -> Result<String, String> {
         base / MIB,
         rss_grown / MIB
     ))
+}
+
+/// An interactive guest with 256 MiB, a 1 GiB virtio-mem region, the API
+/// on `sock` (a stale one removed) and `extra` arguments.
+pub fn hotplug_args(env: &Env, sock: &str, extra: &[&str]) -> Vec<String> {
+    let _ = std::fs::remove_file(sock);
+    let mut a = args(
+        env,
+        "interactive",
+        &["--api-socket", &format!("path={sock}")],
+    );
+    for x in a.iter_mut() {
+        if x == "size=256M" {
+            *x = "size=256M,hotplug_method=virtio-mem,hotplug_size=1G".into();
+        } else if x.starts_with("console=") {
+            *x = x.replace("quiet", "quiet memhp_default_state=online_movable");
+        }
+    }
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
 }
 
 /// PSCI SYSTEM_RESET: Caravel boots the guest again (a fresh VM), or with

@@ -20,6 +20,7 @@ mod mem_scenarios;
 mod robust_scenarios;
 mod scenarios;
 mod session;
+mod snapshot_bench;
 mod snapshot_scenarios;
 mod vfio_scenarios;
 
@@ -70,6 +71,7 @@ fn main() {
     let mut bench_vcpus = 1;
     let mut bench_blk = None;
     let mut bench_mem = false;
+    let mut bench_snapshot = false;
     let mut vfio = false;
     let mut arm64 = false;
     let mut args = std::env::args().skip(1);
@@ -83,6 +85,7 @@ fn main() {
                 bench_blk = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5))
             }
             "--bench-mem" => bench_mem = true,
+            "--bench-snapshot" => bench_snapshot = true,
             "--vfio" => vfio = true,
             "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
@@ -94,6 +97,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if bench_snapshot {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = snapshot_bench::run(&env, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if bench_mem {
         let prefix = PREFIX.with(|p| p.borrow().clone());

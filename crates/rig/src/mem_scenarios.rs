@@ -21,6 +21,14 @@ pub fn start_with(
     memory_extra: &str,
     extra: &[&str],
 ) -> Result<Session, String> {
+    let args = hotplug_args(env, sock, memory_extra, extra);
+    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
+    Ok(s)
+}
+
+/// The arguments of [`start_with`] (a stale socket is removed).
+pub fn hotplug_args(env: &Env, sock: &str, memory_extra: &str, extra: &[&str]) -> Vec<String> {
     let _ = std::fs::remove_file(sock);
     let mut args: Vec<String> = [
         "--kernel",
@@ -38,9 +46,7 @@ pub fn start_with(
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
-    s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
-    Ok(s)
+    args
 }
 
 /// The guest's MemTotal in bytes.

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::guest::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
-use crate::mem_scenarios::{check_total, mem_total, resize_wait, start_with};
+use crate::mem_scenarios::{check_total, mem_total, resize_wait};
 use crate::session::Session;
 use crate::Env;
 
@@ -41,35 +41,60 @@ fn allocated(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
+/// [`restore_with`] on x86_64 (vmlinux, 2 vCPUs).
+pub fn restore_in_new_process(env: &Env) -> Result<String, String> {
+    restore_with(env, "snap", |env, sock, extra| {
+        let mut a = extra.to_vec();
+        a.extend(["--cpus", "boot=2"]);
+        crate::mem_scenarios::hotplug_args(env, sock, "", &a)
+    })
+}
+
+/// [`restore_with`] on aarch64 (Image, 2 vCPUs, GICv3 + ITS).
+pub fn restore_in_new_process_arm64(env: &Env) -> Result<String, String> {
+    restore_with(env, "arm64-snap", crate::arm64_scenarios::hotplug_args)
+}
+
+/// The caravel arguments of an interactive guest with a 1 GiB virtio-mem
+/// region and the API on a socket, plus `extra`.
+type StartArgs = fn(&Env, &str, &[&str]) -> Vec<String>;
+
 /// Pause, snapshot, kill, restore in a new process, resume: the guest goes
 /// on (counter, disk, serial, hvc0, MemTotal, clock), and resizes after.
-pub fn restore_in_new_process(env: &Env) -> Result<String, String> {
-    let disk = env.tmp.join("rig-snap-disk.img");
+fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String> {
+    let disk = env.tmp.join(format!("rig-{tag}-disk.img"));
     std::fs::write(&disk, vec![0u8; (SECTORS * 512) as usize]).map_err(|e| e.to_string())?;
-    let hvc = env.tmp.join("rig-snap-hvc0.log");
-    let hvc_restored = env.tmp.join("rig-snap-hvc0-restored.log");
-    let snap = env.tmp.join("rig-snap");
+    let hvc = env.tmp.join(format!("rig-{tag}-hvc0.log"));
+    let hvc_restored = env.tmp.join(format!("rig-{tag}-hvc0-restored.log"));
+    let snap = env.tmp.join(format!("rig-{tag}"));
     let _ = std::fs::remove_dir_all(&snap);
     for f in [&hvc, &hvc_restored] {
         let _ = std::fs::remove_file(f);
     }
-    let sock = env.tmp.join("rig-snap.sock").display().to_string();
-    let sock2 = env.tmp.join("rig-snap2.sock").display().to_string();
+    let sock = env
+        .tmp
+        .join(format!("rig-{tag}.sock"))
+        .display()
+        .to_string();
+    let sock2 = env
+        .tmp
+        .join(format!("rig-{tag}2.sock"))
+        .display()
+        .to_string();
     let _ = std::fs::remove_file(&sock2);
-    let mut s = start_with(
+    let args = start(
         env,
         &sock,
-        "",
         &[
-            "--cpus",
-            "boot=2",
             "--rng",
             "--disk",
             &format!("path={}", disk.display()),
             "--console",
             &format!("file={}", hvc.display()),
         ],
-    )?;
+    );
+    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    s.expect("CARAVEL-MARKER", Duration::from_secs(120))?;
     let base = mem_total(&mut s)?;
     resize_wait(env, &sock, "768M", 60)?;
     check_total(&mut s, base, 512 * MIB, "before the snapshot")?;

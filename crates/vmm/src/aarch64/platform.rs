@@ -72,7 +72,7 @@ const GICR_PROPBASER: u64 = 0x70;
 const GICR_PENDBASER: u64 = 0x78;
 
 /// One redistributor's LPI registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedistState {
     /// MPIDR affinity of its vCPU.
     pub mpidr: u64,
@@ -87,7 +87,7 @@ pub struct RedistState {
 /// The ITS and redistributor state a snapshot carries besides guest memory
 /// (the device, collection and ITT tables and the pending tables are in
 /// guest memory, written by the save).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ItsState {
     /// The ITS registers.
     pub regs: its::ItsRegs,

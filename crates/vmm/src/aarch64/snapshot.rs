@@ -17,7 +17,7 @@ use super::platform::{gic_err, gic_set, ItsState, Platform, GIC_NR_IRQS};
 use crate::{Error, Result};
 
 /// One vCPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuState {
     /// Every register KVM lists, with its bytes.
     pub regs: Vec<(u64, Vec<u8>)>,
@@ -26,7 +26,7 @@ pub struct VcpuState {
 }
 
 /// The GICv3 without the ITS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GicState {
     /// Distributor registers: (offset, value).
     pub dist: Vec<(u64, u32)>,
@@ -37,7 +37,7 @@ pub struct GicState {
 }
 
 /// Everything but guest memory and device models.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     /// Per vCPU, in index order.
     pub vcpus: Vec<VcpuState>,

@@ -201,51 +201,12 @@ fn hotplug_runs(s: &Snapshot) -> Option<(u64, &[(u64, u64)])> {
     Some((base, s.vm.plugged_runs()?))
 }
 
-/// Reads and checks `dir/state.json`: format, version, architecture,
-/// length and checksum, then the memory file's size.
+/// Reads and checks `dir/state.json` ([`parse`]), then the memory file's
+/// size and the disk images.
 pub fn load(dir: &Path) -> Result<Snapshot> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
-    let bad = |why: String| Error::Snapshot(format!("{}: {why}", path.display()));
-    let nl = text
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| bad("no header line: not a Caravel snapshot".into()))?;
-    let header: Header = serde_json::from_slice(&text[..nl])
-        .map_err(|e| bad(format!("bad header ({e}): not a Caravel snapshot")))?;
-    if header.format != FORMAT {
-        return Err(bad(format!("format {:?} is not {FORMAT:?}", header.format)));
-    }
-    if header.version != STATE_VERSION {
-        return Err(bad(format!(
-            "snapshot version {} is not the {STATE_VERSION} this Caravel reads",
-            header.version
-        )));
-    }
-    if header.arch != ARCH {
-        return Err(bad(format!(
-            "the snapshot was taken on {}; this is {ARCH}",
-            header.arch
-        )));
-    }
-    let body = &text[nl + 1..];
-    if body.len() as u64 != header.bytes {
-        return Err(bad(format!(
-            "{} bytes of state, the header says {}: truncated or edited",
-            body.len(),
-            header.bytes
-        )));
-    }
-    let sum = format!("{:08x}", crc32(body));
-    if sum != header.crc32 {
-        return Err(bad(format!(
-            "checksum mismatch (CRC-32 {sum}, the header says {}): the file is damaged",
-            header.crc32
-        )));
-    }
-    let snapshot: Snapshot =
-        serde_json::from_slice(body).map_err(|e| bad(format!("cannot decode the state: {e}")))?;
-    snapshot.vm.check_version()?;
+    let snapshot = parse(&text).map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
     let mem_path = dir.join(MEMORY_FILE);
     let size = std::fs::metadata(&mem_path)
         .map_err(io(format!("cannot open {}", mem_path.display())))?
@@ -265,6 +226,52 @@ pub fn load(dir: &Path) -> Result<Snapshot> {
             )));
         }
     }
+    Ok(snapshot)
+}
+
+/// Checks and decodes the bytes of a `state.json`: the header's format,
+/// version and architecture, the state's length and checksum, then the
+/// state itself. The message says what is wrong.
+pub fn parse(text: &[u8]) -> std::result::Result<Snapshot, String> {
+    let nl = text
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line: not a Caravel snapshot")?;
+    let header: Header = serde_json::from_slice(&text[..nl])
+        .map_err(|e| format!("bad header ({e}): not a Caravel snapshot"))?;
+    if header.format != FORMAT {
+        return Err(format!("format {:?} is not {FORMAT:?}", header.format));
+    }
+    if header.version != STATE_VERSION {
+        return Err(format!(
+            "snapshot version {} is not the {STATE_VERSION} this Caravel reads",
+            header.version
+        ));
+    }
+    if header.arch != ARCH {
+        return Err(format!(
+            "the snapshot was taken on {}; this is {ARCH}",
+            header.arch
+        ));
+    }
+    let body = &text[nl + 1..];
+    if body.len() as u64 != header.bytes {
+        return Err(format!(
+            "{} bytes of state, the header says {}: truncated or edited",
+            body.len(),
+            header.bytes
+        ));
+    }
+    let sum = format!("{:08x}", crc32(body));
+    if sum != header.crc32 {
+        return Err(format!(
+            "checksum mismatch (CRC-32 {sum}, the header says {}): the file is damaged",
+            header.crc32
+        ));
+    }
+    let snapshot: Snapshot =
+        serde_json::from_slice(body).map_err(|e| format!("cannot decode the state: {e}"))?;
+    snapshot.vm.check_version().map_err(|e| e.to_string())?;
     Ok(snapshot)
 }
 
