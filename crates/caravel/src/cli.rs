@@ -57,14 +57,17 @@ pub struct Args {
     /// Start from a snapshot instead of booting (see `--help`).
     #[arg(
         long,
-        value_name = "source_url=file:///DIR[,resume=on]",
+        value_name = "source_url=file:///DIR[,resume=on][,prefault=on]",
         conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "rng"],
         help = "Start from a snapshot taken with vm.snapshot (caravel-remote snapshot) \
                 instead of booting: source_url=file:///DIR[,resume=on]. The VM's vCPUs, \
                 memory and devices come from the snapshot (its disk images must still \
                 be there); --serial, --console, --api-socket, --event-monitor, \
                 --seccomp and --no-reboot are taken from this command line. The VM comes \
-                up paused (resume it with caravel-remote resume) unless resume=on."
+                up paused (resume it with caravel-remote resume) unless resume=on. Guest \
+                memory is mapped from the snapshot's memory file and read as the guest \
+                touches it; prefault=on copies it all in before the VM starts (always \
+                so for shared=on or hugepages=on memory)."
     )]
     pub restore: Option<String>,
 
@@ -405,12 +408,19 @@ pub struct RestoreOption {
     pub dir: PathBuf,
     /// `resume=on`.
     pub resume: bool,
+    /// `prefault=on`: copy guest memory in before the VM starts.
+    pub prefault: bool,
 }
 
 /// Parses `--restore source_url=file:///DIR[,resume=on]`.
 pub fn parse_restore(s: &str) -> Result<RestoreOption, OptionError> {
     let flag = "--restore";
-    let kv = KeyValues::parse(flag, s, &["source_url", "resume"], Some("source_url"))?;
+    let kv = KeyValues::parse(
+        flag,
+        s,
+        &["source_url", "resume", "prefault"],
+        Some("source_url"),
+    )?;
     let url = kv
         .get("source_url")
         .ok_or_else(|| OptionError::new(flag, "source_url=file:///DIR is required"))?;
@@ -423,6 +433,7 @@ pub fn parse_restore(s: &str) -> Result<RestoreOption, OptionError> {
     Ok(RestoreOption {
         dir,
         resume: kv.toggle("resume")?.unwrap_or(false),
+        prefault: kv.toggle("prefault")?.unwrap_or(false),
     })
 }
 

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     };
     let mut vmm = match restore {
         None => Vmm::new(config),
-        Some(r) => match Vmm::restore(config, &r.dir, r.resume) {
+        Some(r) => match Vmm::restore(config, &r.dir, r.resume, r.prefault) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("caravel: error: cannot restore {}: {e}", r.dir.display());

@@ -173,7 +173,7 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
     }
     let ok = check_tap(&lines, want)?;
     Ok(format!(
-        "{ok}/{want} guest checks ok on {CPUS} vCPUs across {} migration(s) into a new Caravel process (pause + snapshot to files + kill + restore {:.0} ms); exit 0 after {:.2} s",
+        "{ok}/{want} guest checks ok on {CPUS} vCPUs across {} migration(s) into a new Caravel process (pause + snapshot to files + kill + start of the restoring process {:.0} ms); exit 0 after {:.2} s",
         migrations.len(),
         migrations[0].as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64()

@@ -71,6 +71,7 @@ struct Restore {
     dir: std::path::PathBuf,
     snapshot: crate::snapshot::files::Snapshot,
     resume: bool,
+    prefault: bool,
 }
 
 /// Runs VMs for one configuration until the guest powers off, the host asks
@@ -95,8 +96,14 @@ impl Vmm {
     /// version, architecture, checksum, memory file, disk images). The VM's
     /// shape and devices come from the snapshot; output, API socket,
     /// sandbox and reboot policy from `host`. The VM comes up paused unless
-    /// `resume`.
-    pub fn restore(host: VmConfig, dir: &std::path::Path, resume: bool) -> Result<Self> {
+    /// `resume`. Guest memory is mapped from the snapshot's memory file and
+    /// read as the guest touches it, or copied in first with `prefault`.
+    pub fn restore(
+        host: VmConfig,
+        dir: &std::path::Path,
+        resume: bool,
+        prefault: bool,
+    ) -> Result<Self> {
         let snapshot = crate::snapshot::files::load(dir)?;
         Ok(Self {
             config: snapshot.config.apply_to(&host),
@@ -105,6 +112,7 @@ impl Vmm {
                 dir: dir.to_path_buf(),
                 snapshot,
                 resume,
+                prefault,
             }),
         })
     }
@@ -204,11 +212,13 @@ impl Vmm {
             let (vm, paused) = match restore.take() {
                 Some(r) => {
                     let vm = Vm::new_for_restore(cfg, out, events.clone())?;
-                    let report = crate::snapshot::files::restore(&vm, &r.snapshot, &r.dir)?;
+                    let report =
+                        crate::snapshot::files::restore(&vm, &r.snapshot, &r.dir, r.prefault)?;
                     log::info!(
-                        "restored {} ({} MiB of memory read) in {:?}",
+                        "restored {} ({} MiB of memory {}) in {:?}",
                         r.dir.display(),
                         report.memory_read >> 20,
+                        if report.mapped { "mapped" } else { "copied" },
                         report.elapsed
                     );
                     emit(

@@ -454,7 +454,7 @@ fn a_snapshot_directory_restores_into_a_vm_built_without_a_payload() {
     let snapshot = files::load(&dir).unwrap();
     let restore_cfg = snapshot.config.apply_to(&cfg);
     let fresh = Vm::new_for_restore(&restore_cfg, Box::new(std::io::sink()), None).unwrap();
-    files::restore(&fresh, &snapshot, &dir).unwrap();
+    files::restore(&fresh, &snapshot, &dir, false).unwrap();
     assert_eq!(counter(&fresh), saved, "memory came back from the file");
     fresh
         .memory()

@@ -278,23 +278,38 @@ pub fn parse(text: &[u8]) -> std::result::Result<Snapshot, String> {
 /// What [`restore`] did.
 #[derive(Debug, Clone, Copy)]
 pub struct RestoreReport {
-    /// Bytes of guest memory read from the memory file.
+    /// Bytes of guest memory read from the memory file (copied, or mapped
+    /// to be read when the guest touches them).
     pub memory_read: u64,
+    /// Whether memory was mapped from the file rather than copied.
+    pub mapped: bool,
     /// Time to read memory and restore the state.
     pub elapsed: Duration,
 }
 
 /// Fills `vm` (built with [`Vm::new_for_restore`] from the snapshot's
 /// configuration) with the snapshot in `dir`: memory, then state.
-pub fn restore(vm: &Vm, snapshot: &Snapshot, dir: &Path) -> Result<RestoreReport> {
+///
+/// Private anonymous guest memory is mapped from the memory file (pages
+/// come in when the guest touches them) unless `prefault`; shared (memfd)
+/// and hugetlbfs memory, and `prefault`, copy the file's data in.
+pub fn restore(vm: &Vm, snapshot: &Snapshot, dir: &Path, prefault: bool) -> Result<RestoreReport> {
     let started = Instant::now();
     let mem_path = dir.join(MEMORY_FILE);
     let file = File::open(&mem_path).map_err(io(format!("cannot open {}", mem_path.display())))?;
-    let read = memory_file::read(&file, vm.memory(), &snapshot.memory, hotplug_runs(snapshot))
-        .map_err(Error::Snapshot)?;
+    let m = &snapshot.config.memory;
+    let mapped = !prefault && !m.shared && !m.hugepages;
+    let hotplug = hotplug_runs(snapshot);
+    let read = if mapped {
+        memory_file::map(&file, vm.memory(), &snapshot.memory, hotplug)
+    } else {
+        memory_file::read(&file, vm.memory(), &snapshot.memory, hotplug)
+    }
+    .map_err(Error::Snapshot)?;
     vm.restore_state(&snapshot.vm)?;
     Ok(RestoreReport {
         memory_read: read,
+        mapped,
         elapsed: started.elapsed(),
     })
 }

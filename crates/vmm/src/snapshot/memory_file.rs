@@ -173,6 +173,73 @@ pub fn read(
     Ok(read)
 }
 
+/// Maps the memory file's data into `mem` instead of reading it: each data
+/// extent (in the virtio-mem region: of the plugged runs) replaces the
+/// guest memory behind it with a private mapping of the file, so pages are
+/// read from the file when the guest first touches them and copied on its
+/// first write (Firecracker's restore). Only for private anonymous guest
+/// memory, before anything (vCPU or device) uses `mem`. Returns the bytes
+/// mapped.
+pub fn map(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    saved: &[SavedRegion],
+    hotplug: Option<(u64, &[(u64, u64)])>,
+) -> Result<u64, String> {
+    let ours = regions(mem);
+    if ours != saved {
+        return Err(format!(
+            "the snapshot's memory regions {saved:x?} are not this VM's {ours:x?}"
+        ));
+    }
+    let page = PAGE as u64;
+    let mut file_base = 0u64;
+    let mut mapped = 0u64;
+    for (region, r) in ours.into_iter().zip(mem.iter()) {
+        for (offset, len) in stored_ranges(region, hotplug) {
+            let (start, end) = (file_base + offset, file_base + offset + len);
+            for (a, b) in data_extents(file, start, end)? {
+                // Whole pages: extents start and end on page boundaries
+                // except at a file's end, which is a region's end.
+                let (a, b) = (a / page * page, b.div_ceil(page) * page);
+                let at = a - file_base;
+                let len = (b - a).min(region.size - at);
+                let host = r
+                    .get_host_address(vm_memory::MemoryRegionAddress(at))
+                    .map_err(|e| format!("guest memory at {:#x}: {e}", region.gpa + at))?;
+                // SAFETY: `host..host + len` lies inside this region's
+                // mapping (`at + len <= region.size`, checked by
+                // get_host_address and the min above), which the VM's
+                // GuestRam owns and unmaps as a whole when it goes. Nothing
+                // uses guest memory yet (no vCPU runs, no device is
+                // active), and vm-memory reaches it only through raw
+                // pointers, so no reference sees the pages change. MAP_FIXED
+                // replaces exactly that range with a private file mapping of
+                // the same size and protection.
+                let p = unsafe {
+                    libc::mmap(
+                        host.cast(),
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                        file.as_raw_fd(),
+                        a as libc::off_t,
+                    )
+                };
+                if p == libc::MAP_FAILED || p != host.cast() {
+                    return Err(format!(
+                        "cannot map the memory file at {a:#x}: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                mapped += len;
+            }
+        }
+        file_base += region.size;
+    }
+    Ok(mapped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +296,40 @@ mod tests {
             .read_slice(&mut b[..9], GuestAddress((1 << 30) + (4 << 20)))
             .unwrap();
         assert_eq!(&b[..9], &[0u8; 9], "an unplugged block comes back empty");
+    }
+
+    #[test]
+    fn a_mapped_file_shows_the_same_memory_and_writes_stay_private() {
+        let m = mem();
+        m.write_slice(b"boot", GuestAddress(0x1000)).unwrap();
+        m.write_slice(b"plugged", GuestAddress((1 << 30) + (2 << 20) + 5))
+            .unwrap();
+        m.write_slice(b"unplugged", GuestAddress((1 << 30) + (4 << 20)))
+            .unwrap();
+        let runs = [(2u64 << 20, 2u64 << 20)];
+        let hot = Some((1u64 << 30, &runs[..]));
+        let file = tempfile();
+        write(&file, &m, hot).unwrap();
+        let fresh = mem();
+        let mapped = map(&file, &fresh, &regions(&fresh), hot).unwrap();
+        assert_eq!(mapped, 2 * PAGE as u64, "two data pages mapped");
+        let mut b = [0u8; 9];
+        fresh.read_slice(&mut b[..4], GuestAddress(0x1000)).unwrap();
+        assert_eq!(&b[..4], b"boot");
+        fresh
+            .read_slice(&mut b[..7], GuestAddress((1 << 30) + (2 << 20) + 5))
+            .unwrap();
+        assert_eq!(&b[..7], b"plugged");
+        fresh
+            .read_slice(&mut b, GuestAddress((1 << 30) + (4 << 20)))
+            .unwrap();
+        assert_eq!(b, [0u8; 9], "an unplugged block is not mapped");
+        // A guest write changes its copy, not the snapshot.
+        fresh.write_slice(b"BOOT", GuestAddress(0x1000)).unwrap();
+        let again = mem();
+        read(&file, &again, &regions(&again), hot).unwrap();
+        again.read_slice(&mut b[..4], GuestAddress(0x1000)).unwrap();
+        assert_eq!(&b[..4], b"boot");
     }
 
     #[test]
