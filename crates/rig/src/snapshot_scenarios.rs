@@ -98,12 +98,13 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
     let base = mem_total(&mut s)?;
     resize_wait(env, &sock, "768M", 60)?;
     check_total(&mut s, base, 512 * MIB, "before the snapshot")?;
-    // The workload: a counter in guest memory, each value written to its
+    // The workload: a counter in guest memory (replaced by a rename, so a
+    // snapshot never catches the file empty), each value written to its
     // disk sector (fsync'd) and to hvc0, until /tmp/stop appears.
     guest_cmd(
         &mut s,
         &format!(
-            "(i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/count; \
+            "(i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
              echo \"block $i\" | dd of=/dev/vda bs=512 seek=$((i % {SECTORS})) conv=notrunc,fsync 2>/dev/null; \
              echo \"hvc $i\" > /dev/hvc0; sleep 0.05; done) >/dev/null 2>&1 &"
         ),
