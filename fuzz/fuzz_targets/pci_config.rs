@@ -18,7 +18,7 @@ impl MsixSink for NullSink {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
     let mut dev = VirtioPciDevice::new(
         "fuzz",
         Box::new(Rng::default()),

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let n = usize::from(data[0] % 16) + 1;
     let (descs_raw, rest) = data[1..].split_at((n * 7).min(data.len() - 1));
     let mut descs = Vec::new();

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
     let n = usize::from(data[1] % 16) + 1;
     let (descs_raw, rest) = data[2..].split_at((n * 6).min(data.len() - 2));
     let descs: Vec<_> = descs_raw

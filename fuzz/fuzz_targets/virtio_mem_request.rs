@@ -32,7 +32,7 @@ impl MemBackend for Nop {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
+    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
     let g = Geometry {
         addr: BASE,
         region_size: 256 * MIB,

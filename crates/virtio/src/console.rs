@@ -7,9 +7,11 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory};
 
-use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,
+};
 use crate::queue_util::drain;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features};
@@ -33,11 +35,7 @@ pub type ConsoleOutput = Arc<Mutex<Box<dyn Write + Send>>>;
 /// Copies the readable bytes of `chain` to `out`, in chunks, taking the
 /// output lock for one chunk at a time and stopping after
 /// [`MAX_REQUEST_BYTES`]. Returns the bytes emitted.
-pub fn transmit(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    out: &ConsoleOutput,
-) -> u64 {
+pub fn transmit<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, out: &ConsoleOutput) -> u64 {
     let mut buf = [0u8; CHUNK];
     let mut total = 0u64;
     for d in chain {
@@ -85,7 +83,7 @@ struct ConsoleHandler {
 
 impl ConsoleHandler {
     /// Moves input into posted receive buffers. Returns (interrupt rx, keep polling).
-    fn receive(&mut self, queues: &mut [ActiveQueue], mem: &GuestMemoryMmap) -> (bool, bool) {
+    fn receive<M: GuestMemory>(&mut self, queues: &mut [ActiveQueue], mem: &M) -> (bool, bool) {
         let (Some(fd), false) = (self.input, self.input_eof) else {
             return (false, false);
         };
@@ -148,11 +146,11 @@ fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 impl QueueHandler for ConsoleHandler {
-    fn process_queue(
+    fn process_queue<M: GuestMemory>(
         &mut self,
         index: u16,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> bool {
         if index == TX {
             let out = self.out.clone();
@@ -172,10 +170,10 @@ impl QueueHandler for ConsoleHandler {
         self.input
     }
 
-    fn process_extra(
+    fn process_extra<M: GuestMemory>(
         &mut self,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> (Vec<u16>, bool) {
         let (notify, keep) = self.receive(queues, mem);
         (if notify { vec![RX] } else { vec![] }, keep)
@@ -200,7 +198,7 @@ impl Console {
     }
 }
 
-impl VirtioDevice for Console {
+impl VirtioDeviceCommon for Console {
     fn device_type(&self) -> u32 {
         device_type::CONSOLE
     }
@@ -233,9 +231,23 @@ impl VirtioDevice for Console {
         }
     }
 
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        self.worker
+            .take()
+            .and_then(Worker::stop)
+            .map(|s| s.queues)
+            .unwrap_or_default()
+    }
+
+    fn reset(&mut self) {
+        drop(self.pause());
+    }
+}
+
+impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Console {
     fn activate(
         &mut self,
-        mem: crate::DeviceMemory,
+        mem: A,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
         _features: u64,
@@ -253,18 +265,6 @@ impl VirtioDevice for Console {
                 .map_err(|e| ActivateError::Start(e.to_string()))?,
         );
         Ok(())
-    }
-
-    fn pause(&mut self) -> Vec<ActiveQueue> {
-        self.worker
-            .take()
-            .and_then(Worker::stop)
-            .map(|s| s.queues)
-            .unwrap_or_default()
-    }
-
-    fn reset(&mut self) {
-        drop(self.pause());
     }
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use virtio_queue::Queue;
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::state::DeviceState;
@@ -39,8 +40,10 @@ pub enum ActivateError {
     Start(String),
 }
 
-/// A virtio device, independent of its transport.
-pub trait VirtioDevice: Send {
+/// What every virtio device provides besides running its queues: identity,
+/// features, configuration space, pause, saved state and reset. Nothing
+/// here touches guest memory.
+pub trait VirtioDeviceCommon: Send {
     /// Device type (see [`crate::device_type`]).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
@@ -60,14 +63,6 @@ pub trait VirtioDevice: Send {
     fn config_generation(&self) -> u32 {
         0
     }
-    /// The driver set DRIVER_OK: start processing `queues` with `features`.
-    fn activate(
-        &mut self,
-        mem: crate::DeviceMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActiveQueue>,
-        features: u64,
-    ) -> Result<(), ActivateError>;
     /// Stops processing and hands back the active queues with their ring
     /// positions (a VM pause, before a snapshot is read); [`activate`] with
     /// them continues where the device stopped. An inactive device returns
@@ -79,7 +74,7 @@ pub trait VirtioDevice: Send {
     fn save_state(&self) -> DeviceState {
         DeviceState::Stateless
     }
-    /// Restores [`VirtioDevice::save_state`]'s answer into a freshly built
+    /// Restores [`VirtioDeviceCommon::save_state`]'s answer into a freshly built
     /// device, before it is activated.
     fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
         match state {
@@ -91,4 +86,19 @@ pub trait VirtioDevice: Send {
     /// state that must survive a device reset (virtio-mem's plugged blocks)
     /// survives.
     fn reset(&mut self);
+}
+
+/// A virtio device, independent of its transport and of how guest memory
+/// is provided: `A` is the address space its worker loads guest memory
+/// from (the VMM's [`crate::DeviceMemory`] by default; any
+/// `vm_memory::GuestAddressSpace`, e.g. `Arc<GuestMemoryMmap>` in tests).
+pub trait VirtioDevice<A: GuestAddressSpace = crate::DeviceMemory>: VirtioDeviceCommon {
+    /// The driver set DRIVER_OK: start processing `queues` with `features`.
+    fn activate(
+        &mut self,
+        mem: A,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+        features: u64,
+    ) -> Result<(), ActivateError>;
 }

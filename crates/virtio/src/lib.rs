@@ -23,7 +23,7 @@ mod test_util;
 pub mod transport;
 pub mod worker;
 
-pub use device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+pub use device::{ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt};
 
 /// Guest memory as devices see it: a view the VMM can replace while devices
 /// run (it leaves out unplugged virtio-mem blocks, and follows plugs and

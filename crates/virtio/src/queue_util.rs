@@ -1,7 +1,7 @@
 //! The loop every device runs over a notified queue.
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
 
 use crate::device::ActiveQueue;
 
@@ -18,9 +18,10 @@ use crate::device::ActiveQueue;
 /// this queue after its other events. Every exit leaves notifications
 /// enabled: a driver that follows the spec never waits on a device that
 /// stopped listening.
-pub fn drain<F>(aq: &mut ActiveQueue, mem: &GuestMemoryMmap, mut handle: F) -> bool
+pub fn drain<M, F>(aq: &mut ActiveQueue, mem: &M, mut handle: F) -> bool
 where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+    M: GuestMemory,
+    F: FnMut(DescriptorChain<&M>) -> u32,
 {
     let queue = &mut aq.queue;
     let mut used_any = false;
@@ -76,6 +77,8 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::Queue;
+    #[allow(unused_imports)]
+    use vm_memory::GuestMemoryMmap;
     use vm_memory::{Address, Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemory};
 
-use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,
+};
 use crate::queue_util::drain;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features};
@@ -33,7 +35,7 @@ fn fill_random(buf: &mut [u8]) -> bool {
 }
 
 /// Fills the writable descriptors of one request; returns bytes written.
-pub fn handle_request(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+pub fn handle_request<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M) -> u32 {
     let mut written = 0usize;
     let mut buf = vec![0u8; 4096];
     for desc in chain {
@@ -63,11 +65,11 @@ pub fn handle_request(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemor
 struct RngHandler;
 
 impl QueueHandler for RngHandler {
-    fn process_queue(
+    fn process_queue<M: GuestMemory>(
         &mut self,
         _index: u16,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> bool {
         match queues.first_mut() {
             Some(q) => drain(q, mem, |chain| handle_request(chain, mem)),
@@ -82,7 +84,7 @@ pub struct Rng {
     worker: Option<Worker<RngHandler>>,
 }
 
-impl VirtioDevice for Rng {
+impl VirtioDeviceCommon for Rng {
     fn device_type(&self) -> u32 {
         device_type::RNG
     }
@@ -103,22 +105,6 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(
-        &mut self,
-        mem: crate::DeviceMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActiveQueue>,
-        _features: u64,
-    ) -> Result<(), ActivateError> {
-        if queues.is_empty() {
-            return Err(ActivateError::BadQueue(0));
-        }
-        let w = Worker::spawn("virtio-rng", RngHandler, queues, mem, interrupt)
-            .map_err(|e| ActivateError::Start(e.to_string()))?;
-        self.worker = Some(w);
-        Ok(())
-    }
-
     fn pause(&mut self) -> Vec<ActiveQueue> {
         self.worker
             .take()
@@ -132,6 +118,24 @@ impl VirtioDevice for Rng {
     }
 }
 
+impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Rng {
+    fn activate(
+        &mut self,
+        mem: A,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+        _features: u64,
+    ) -> Result<(), ActivateError> {
+        if queues.is_empty() {
+            return Err(ActivateError::BadQueue(0));
+        }
+        let w = Worker::spawn("virtio-rng", RngHandler, queues, mem, interrupt)
+            .map_err(|e| ActivateError::Start(e.to_string()))?;
+        self.worker = Some(w);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +144,56 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
 
     const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+
+    struct NoInterrupt;
+    impl VirtioInterrupt for NoInterrupt {
+        fn notify_queue(&self, _: u16) {}
+        fn notify_config(&self) {}
+    }
+
+    /// The device is generic over its guest memory: here it runs over an
+    /// `Arc<GuestMemoryMmap>` instead of the VMM's atomic view, and pauses
+    /// with its ring position handed back.
+    #[test]
+    fn runs_over_any_guest_address_space() {
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        let m: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mq = MockSplitQueue::create(&m, GuestAddress(0x8_0000), 16);
+        mq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(0x2000, 32, WRITE, 0))],
+            0,
+        )
+        .unwrap();
+        let notify = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let queue = ActiveQueue {
+            index: 0,
+            queue: mq.create_queue().unwrap(),
+            notify: notify.try_clone().unwrap(),
+        };
+        let mut rng = Rng::default();
+        VirtioDevice::<Arc<GuestMemoryMmap>>::activate(
+            &mut rng,
+            Arc::new(m.clone()),
+            Arc::new(NoInterrupt),
+            vec![queue],
+            features::VERSION_1,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while mq.used().idx().load() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(mq.used().idx().load(), 1);
+        let queues = rng.pause();
+        assert_eq!(queues.len(), 1);
+        assert_eq!(
+            crate::state::QueueSnapshot::of(&queues[0].queue).next_used,
+            1,
+            "the ring position comes back"
+        );
+    }
 
     #[test]
     fn fills_writable_buffers() {

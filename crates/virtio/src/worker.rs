@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -25,11 +25,11 @@ pub fn set_thread_start_hook(hook: fn()) {
 pub trait QueueHandler: Send + 'static {
     /// Queue `index` was notified: process it. Returns true when the driver
     /// should be interrupted for that queue.
-    fn process_queue(
+    fn process_queue<M: GuestMemory>(
         &mut self,
         index: u16,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> bool;
 
     /// An extra fd to wait on (input sources).
@@ -40,10 +40,10 @@ pub trait QueueHandler: Send + 'static {
     /// The extra fd is readable; returns the queues to interrupt for.
     /// Returning `false` as the second value stops polling the fd until the
     /// next queue notification (no room for input).
-    fn process_extra(
+    fn process_extra<M: GuestMemory>(
         &mut self,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> (Vec<u16>, bool) {
         let _ = (queues, mem);
         (Vec::new(), false)
@@ -69,14 +69,18 @@ const KILL: u64 = u64::MAX;
 const EXTRA: u64 = u64::MAX - 1;
 
 impl<H: QueueHandler> Worker<H> {
-    /// Starts `handler` on its own thread named `name`.
-    pub fn spawn(
+    /// Starts `handler` on its own thread named `name`, over the guest
+    /// memory of `mem` (loaded afresh for each batch of requests).
+    pub fn spawn<A>(
         name: &str,
         mut handler: H,
         mut queues: Vec<ActiveQueue>,
-        mem: crate::DeviceMemory,
+        mem: A,
         interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<Self>
+    where
+        A: GuestAddressSpace + Send + 'static,
+    {
         let kill = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
         for (slot, q) in queues.iter().enumerate() {
@@ -114,7 +118,7 @@ impl<H: QueueHandler> Worker<H> {
                 let view = mem.memory();
                 for slot in 0..queues.len() {
                     let index = queues[slot].index;
-                    if handler.process_queue(index, &mut queues, &view) {
+                    if handler.process_queue(index, &mut queues, &*view) {
                         interrupt.notify_queue(index);
                     }
                 }
@@ -136,7 +140,7 @@ impl<H: QueueHandler> Worker<H> {
                                 return Stopped { handler, queues };
                             }
                             EXTRA => {
-                                let (signal, keep) = handler.process_extra(&mut queues, &view);
+                                let (signal, keep) = handler.process_extra(&mut queues, &*view);
                                 for q in signal {
                                     interrupt.notify_queue(q);
                                 }
@@ -155,7 +159,7 @@ impl<H: QueueHandler> Worker<H> {
                                 let slot = slot as usize;
                                 let _ = queues[slot].notify.read();
                                 let index = queues[slot].index;
-                                if handler.process_queue(index, &mut queues, &view) {
+                                if handler.process_queue(index, &mut queues, &*view) {
                                     interrupt.notify_queue(index);
                                 }
                                 if let (Some(fd), false) = (extra, extra_polled) {

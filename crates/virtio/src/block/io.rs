@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestMemory, Permissions};
 
 use super::Segment;
 
@@ -14,17 +14,25 @@ const IOV_MAX: usize = 1024;
 
 /// Reads (`to_guest`) or writes the bytes of `segs` from/to `file` at `offset`.
 /// Returns false on any error, including a short transfer at end of file.
-pub fn transfer(
+pub fn transfer<M: GuestMemory>(
     file: &File,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     segs: &[Segment],
     offset: u64,
     to_guest: bool,
 ) -> bool {
     // Host address ranges of every segment; a segment may span regions.
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(segs.len());
+    let access = if to_guest {
+        Permissions::Write
+    } else {
+        Permissions::Read
+    };
     for s in segs {
-        for slice in mem.get_slices(s.addr, s.len as usize) {
+        let Ok(slices) = mem.get_slices(s.addr, s.len as usize, access) else {
+            return false;
+        };
+        for slice in slices {
             let Ok(slice) = slice else { return false };
             let ptr = if to_guest {
                 slice.ptr_guard_mut().as_ptr()

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemory};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 pub use request::{
@@ -15,7 +15,9 @@ pub use request::{
     T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
 };
 
-use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,
+};
 use crate::queue_util::drain;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features};
@@ -77,9 +79,9 @@ impl Disk {
         (end <= self.capacity_sectors * SECTOR_SIZE).then_some(start)
     }
 
-    fn transfer(
+    fn transfer<M: GuestMemory>(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &M,
         segs: &[Segment],
         offset: u64,
         to_guest: bool,
@@ -87,7 +89,7 @@ impl Disk {
         io::transfer(&self.file, mem, segs, offset, to_guest)
     }
 
-    fn discard_or_zero(&mut self, mem: &GuestMemoryMmap, req: &Request, zero: bool) -> u8 {
+    fn discard_or_zero<M: GuestMemory>(&mut self, mem: &M, req: &Request, zero: bool) -> u8 {
         if self.readonly {
             return S_IOERR;
         }
@@ -160,7 +162,7 @@ impl Disk {
 
     /// Carries out `req`; returns the status and the bytes written to the
     /// driver's buffers before the status byte.
-    pub fn execute(&mut self, mem: &GuestMemoryMmap, req: &Request) -> (u8, u32) {
+    pub fn execute<M: GuestMemory>(&mut self, mem: &M, req: &Request) -> (u8, u32) {
         match req.kind {
             T_IN => {
                 let len = req.writable_len();
@@ -217,7 +219,7 @@ impl Disk {
     }
 }
 
-fn read_segments(mem: &GuestMemoryMmap, segs: &[Segment], buf: &mut [u8]) -> bool {
+fn read_segments<M: GuestMemory>(mem: &M, segs: &[Segment], buf: &mut [u8]) -> bool {
     let mut done = 0;
     for s in segs {
         let n = (s.len as usize).min(buf.len() - done);
@@ -231,11 +233,7 @@ fn read_segments(mem: &GuestMemoryMmap, segs: &[Segment], buf: &mut [u8]) -> boo
 
 /// Handles one chain completely: parse, execute, write the status. Returns the
 /// used length (bytes written to the driver's buffers, status included).
-pub fn handle_chain(
-    disk: &mut Disk,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-) -> u32 {
+pub fn handle_chain<M: GuestMemory>(disk: &mut Disk, chain: DescriptorChain<&M>, mem: &M) -> u32 {
     let (status, written, status_addr) = match parse(chain, mem) {
         Ok(req) => {
             let (s, w) = disk.execute(mem, &req);
@@ -264,11 +262,11 @@ struct BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
-    fn process_queue(
+    fn process_queue<M: GuestMemory>(
         &mut self,
         _index: u16,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> bool {
         let disk = &mut self.disk;
         match queues.first_mut() {
@@ -321,7 +319,7 @@ impl Block {
     }
 }
 
-impl VirtioDevice for Block {
+impl VirtioDeviceCommon for Block {
     fn device_type(&self) -> u32 {
         device_type::BLOCK
     }
@@ -346,9 +344,25 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn pause(&mut self) -> Vec<ActiveQueue> {
+        match self.worker.take().and_then(Worker::stop) {
+            Some(stopped) => {
+                self.disk = Some(stopped.handler.disk);
+                stopped.queues
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn reset(&mut self) {
+        drop(self.pause());
+    }
+}
+
+impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Block {
     fn activate(
         &mut self,
-        mem: crate::DeviceMemory,
+        mem: A,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActiveQueue>,
         _features: u64,
@@ -368,20 +382,6 @@ impl VirtioDevice for Block {
             Err(e) => Err(ActivateError::Start(e.to_string())),
         }
     }
-
-    fn pause(&mut self) -> Vec<ActiveQueue> {
-        match self.worker.take().and_then(Worker::stop) {
-            Some(stopped) => {
-                self.disk = Some(stopped.handler.disk);
-                stopped.queues
-            }
-            None => Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) {
-        drop(self.pause());
-    }
 }
 
 #[cfg(test)]
@@ -392,6 +392,8 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use vm_memory::GuestAddress;
+    #[allow(unused_imports)]
+    use vm_memory::GuestMemoryMmap;
 
     const W: u16 = 2;
 
@@ -472,7 +474,7 @@ mod tests {
     #[test]
     fn scatter_gather_across_regions_and_pages() {
         // Two adjacent regions: one segment crosses the boundary at 0x8000.
-        let m = GuestMemoryMmap::from_ranges(&[
+        let m: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), 0x8000),
             (GuestAddress(0x8000), 0x8000),
         ])

@@ -19,12 +19,14 @@ pub mod state;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory};
 
 pub use bitmap::BlockBitmap;
 pub use state::{DmaChange, Effect, Geometry, MemSavedState, MemState, Plan, Request, Response};
 
-use crate::device::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,
+};
 use crate::queue_util::drain;
 use crate::state::DeviceState;
 use crate::worker::{QueueHandler, Worker};
@@ -213,9 +215,9 @@ impl MemHandle {
 
 /// Reads `buf.len()` driver-readable bytes and finds `want` device-writable
 /// bytes, whatever the framing. Returns the writable address if there is room.
-fn gather(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+fn gather<M: GuestMemory>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
     buf: &mut [u8],
     want: u32,
 ) -> (usize, Option<GuestAddress>) {
@@ -241,10 +243,10 @@ fn gather(
 }
 
 /// Handles one chain; returns the used length.
-pub fn handle_chain(
+pub fn handle_chain<M: GuestMemory>(
     shared: &MemShared,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&M>,
+    mem: &M,
 ) -> u32 {
     let mut raw = [0u8; 24];
     let (got, resp_addr) = gather(chain, mem, &mut raw, 10);
@@ -281,11 +283,11 @@ struct MemHandler {
 }
 
 impl QueueHandler for MemHandler {
-    fn process_queue(
+    fn process_queue<M: GuestMemory>(
         &mut self,
         _index: u16,
         queues: &mut [ActiveQueue],
-        mem: &GuestMemoryMmap,
+        mem: &M,
     ) -> bool {
         let shared = self.shared.clone();
         match queues.first_mut() {
@@ -336,7 +338,7 @@ impl Mem {
     }
 }
 
-impl VirtioDevice for Mem {
+impl VirtioDeviceCommon for Mem {
     fn device_type(&self) -> u32 {
         device_type::MEM
     }
@@ -374,44 +376,6 @@ impl VirtioDevice for Mem {
 
     fn config_generation(&self) -> u32 {
         self.shared.lock().generation()
-    }
-
-    fn activate(
-        &mut self,
-        mem: crate::DeviceMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActiveQueue>,
-        features: u64,
-    ) -> Result<(), ActivateError> {
-        if queues.is_empty() {
-            return Err(ActivateError::BadQueue(0));
-        }
-        {
-            let mut s = self.shared.lock();
-            for e in s.activate(features & F_UNPLUGGED_INACCESSIBLE != 0) {
-                self.shared
-                    .apply(&mut s, e)
-                    .map_err(|err| ActivateError::Start(format!("cannot map the region: {err}")))?;
-            }
-        }
-        *self
-            .shared
-            .interrupt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(interrupt.clone());
-        let h = MemHandler {
-            shared: self.shared.clone(),
-        };
-        self.worker = Some(
-            Worker::spawn("virtio-mem", h, queues, mem, interrupt)
-                .map_err(|e| ActivateError::Start(e.to_string()))?,
-        );
-        *self
-            .shared
-            .activated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = true;
-        Ok(())
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {
@@ -461,12 +425,54 @@ impl VirtioDevice for Mem {
     }
 }
 
+impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Mem {
+    fn activate(
+        &mut self,
+        mem: A,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActiveQueue>,
+        features: u64,
+    ) -> Result<(), ActivateError> {
+        if queues.is_empty() {
+            return Err(ActivateError::BadQueue(0));
+        }
+        {
+            let mut s = self.shared.lock();
+            for e in s.activate(features & F_UNPLUGGED_INACCESSIBLE != 0) {
+                self.shared
+                    .apply(&mut s, e)
+                    .map_err(|err| ActivateError::Start(format!("cannot map the region: {err}")))?;
+            }
+        }
+        *self
+            .shared
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(interrupt.clone());
+        let h = MemHandler {
+            shared: self.shared.clone(),
+        };
+        self.worker = Some(
+            Worker::spawn("virtio-mem", h, queues, mem, interrupt)
+                .map_err(|e| ActivateError::Start(e.to_string()))?,
+        );
+        *self
+            .shared
+            .activated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = true;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::{chain_of, mem};
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
+    #[allow(unused_imports)]
+    use vm_memory::GuestMemoryMmap;
 
     const MIB: u64 = 1 << 20;
     const BASE: u64 = 0x1_0000_0000;

@@ -19,7 +19,7 @@ use pci::{
     PciClass, PciDevice, Trigger, CAP_ID_VENDOR,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::common_config::{CommonAction, CommonConfig, NO_VECTOR};
@@ -122,30 +122,31 @@ impl VirtioInterrupt for PciInterrupt {
     }
 }
 
-/// A virtio device as a PCI function.
-pub struct VirtioPciDevice {
+/// A virtio device as a PCI function, over guest memory from the address
+/// space `A` (the VMM's [`crate::DeviceMemory`] by default).
+pub struct VirtioPciDevice<A: GuestAddressSpace = crate::DeviceMemory> {
     name: String,
     config: ConfigSpace,
     common: CommonConfig,
-    device: Box<dyn VirtioDevice>,
+    device: Box<dyn VirtioDevice<A>>,
     msix: Arc<Mutex<MsixTable>>,
     msix_cap: MsixCap,
     pci_cfg_cap: usize,
     interrupt: Arc<PciInterrupt>,
     notify: Vec<EventFd>,
-    mem: crate::DeviceMemory,
+    mem: A,
     active: bool,
     /// The queues of an active device whose worker is stopped (VM pause).
     paused: Option<Vec<ActiveQueue>>,
 }
 
-impl VirtioPciDevice {
+impl<A: GuestAddressSpace> VirtioPciDevice<A> {
     /// Wraps `device`, with BAR 0 at `bar_addr` (64-bit, aligned to
     /// [`BAR0_SIZE`]) and MSI-X vectors delivered through `sink`.
     pub fn new(
         name: &str,
-        device: Box<dyn VirtioDevice>,
-        mem: crate::DeviceMemory,
+        device: Box<dyn VirtioDevice<A>>,
+        mem: A,
         bar_addr: u64,
         sink: Arc<dyn MsixSink>,
     ) -> std::io::Result<Self> {
@@ -356,12 +357,13 @@ impl VirtioPciDevice {
             && self.common.status & (status::DEVICE_NEEDS_RESET | status::FAILED) == 0
         {
             let view = self.mem.memory();
+            let view = &*view;
             let mut queues = Vec::new();
             for (i, q) in self.common.queues.iter().enumerate() {
                 if !q.ready() {
                     continue;
                 }
-                if !rings_in_memory(q, &view) {
+                if !rings_in_memory(q, view) {
                     return Err(err(format!("queue {i}: rings outside guest memory")));
                 }
                 let queue =
@@ -410,7 +412,7 @@ impl VirtioPciDevice {
                 continue;
             }
             q.set_event_idx(event_idx);
-            if !rings_in_memory(q, &self.mem.memory()) {
+            if !rings_in_memory(q, &*self.mem.memory()) {
                 let why = format!(
                     "queue {i} is invalid (size {}, rings outside guest memory or misaligned)",
                     q.size()
@@ -551,7 +553,7 @@ impl VirtioPciDevice {
     }
 }
 
-impl PciDevice for VirtioPciDevice {
+impl<A: GuestAddressSpace + Send> PciDevice for VirtioPciDevice<A> {
     fn read_config(&mut self, offset: u16, data: &mut [u8]) {
         if !self.pci_cfg_access(offset, Some(data), None) {
             self.config.read(offset, data);
@@ -593,8 +595,7 @@ impl PciDevice for VirtioPciDevice {
 
 /// Whether the three rings of `q` lie in guest memory (virtio-queue's own
 /// `is_valid` logs every refusal, which a guest could use to flood the log).
-fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
-    use vm_memory::GuestMemory;
+fn rings_in_memory<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
     let n = u64::from(q.size());
     [
         (q.desc_table(), 16 * n),
@@ -611,7 +612,7 @@ fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
     })
 }
 
-impl Drop for VirtioPciDevice {
+impl<A: GuestAddressSpace> Drop for VirtioPciDevice<A> {
     fn drop(&mut self) {
         if self.active {
             self.device.reset();
@@ -627,6 +628,8 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
+    #[allow(unused_imports)]
+    use vm_memory::GuestMemoryMmap;
     use vm_memory::{Bytes, GuestAddress};
 
     /// A vector and the message it was routed to.
