@@ -23,20 +23,21 @@ pub struct HotplugBackend {
     mapping: Arc<HostMapping>,
     base: u64,
     slot_size: u64,
-    first_slot: u32,
+    slots: std::ops::Range<u32>,
     dma: DmaTargets,
     view: Arc<DeviceMemoryView>,
 }
 
 impl HotplugBackend {
     /// The region at guest address `base`, backed by `mapping`, cut into
-    /// `slot_size` slots that use KVM slot numbers from `first_slot`.
+    /// `slot_size` slots, one KVM memory slot each from `slots` (taken from
+    /// the VM's `MemSlots`).
     pub fn new(
         vm: Arc<VmFd>,
         mapping: Arc<HostMapping>,
         base: u64,
         slot_size: u64,
-        first_slot: u32,
+        slots: std::ops::Range<u32>,
         dma: DmaTargets,
         view: Arc<DeviceMemoryView>,
     ) -> Self {
@@ -45,7 +46,7 @@ impl HotplugBackend {
             mapping,
             base,
             slot_size,
-            first_slot,
+            slots,
             dma,
             view,
         }
@@ -56,8 +57,13 @@ impl HotplugBackend {
         if offset + self.slot_size > self.mapping.len() as u64 {
             return Err(format!("slot {n} is outside the region"));
         }
+        let slot = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.slots.start.checked_add(n))
+            .filter(|s| self.slots.contains(s))
+            .ok_or_else(|| format!("slot {n} has no KVM memory slot"))?;
         let region = kvm_userspace_memory_region {
-            slot: self.first_slot + n as u32,
+            slot,
             flags: 0,
             guest_phys_addr: self.base + offset,
             memory_size: if present { self.slot_size } else { 0 },

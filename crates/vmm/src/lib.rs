@@ -19,6 +19,7 @@ mod hotplug;
 pub mod interrupt;
 pub mod kvm_stats;
 pub mod memory;
+mod memslots;
 pub mod output;
 mod pci_segment;
 mod platform;

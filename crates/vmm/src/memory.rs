@@ -340,9 +340,9 @@ impl GuestRam {
     ///
     /// The caller must keep `self` alive for as long as `vm` can run vCPUs:
     /// the slots point at its host mappings.
-    pub fn register_boot(&self, vm: &VmFd) -> Result<u32> {
-        let mut slot = 0;
-        for region in self.memory.iter().take(self.boot_regions) {
+    pub fn register_boot(&self, vm: &VmFd, slots: &mut crate::memslots::MemSlots) -> Result<()> {
+        let taken = slots.take(self.boot_regions as u32, "--memory", "boot RAM")?;
+        for (slot, region) in taken.zip(self.memory.iter().take(self.boot_regions)) {
             let r = kvm_userspace_memory_region {
                 slot,
                 flags: 0,
@@ -356,9 +356,8 @@ impl GuestRam {
             // field order.
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-            slot += 1;
         }
-        Ok(slot)
+        Ok(())
     }
 }
 

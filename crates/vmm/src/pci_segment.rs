@@ -162,7 +162,6 @@ pub struct PciSegment {
     layout: HostBridgeLayout,
     virtio: Vec<(String, DevFn, Arc<Mutex<VirtioPciDevice>>)>,
     vfio: Vec<(String, DevFn, Arc<Mutex<VfioPciDevice>>)>,
-    next_mem_slot: u32,
 }
 
 impl PciSegment {
@@ -227,7 +226,6 @@ impl PciSegment {
             layout,
             virtio: Vec::new(),
             vfio: Vec::new(),
-            next_mem_slot: u32::MAX,
         })
     }
 
@@ -300,11 +298,6 @@ impl PciSegment {
         Ok(dev)
     }
 
-    /// KVM memory slots from `first` on are free for BARs.
-    pub fn set_first_free_slot(&mut self, first: u32) {
-        self.next_mem_slot = first;
-    }
-
     /// Passes `dev` through as a PCI function: BARs placed in the MMIO
     /// windows, mmap-able ones as KVM memory slots, the rest (and MSI-X)
     /// trapped on the MMIO bus.
@@ -312,6 +305,7 @@ impl PciSegment {
         &mut self,
         name: &str,
         dev: vfio::device::Device,
+        slots: &mut crate::memslots::MemSlots,
     ) -> Result<Arc<Mutex<VfioPciDevice>>> {
         let devfn = self
             .bus
@@ -355,7 +349,9 @@ impl PciSegment {
         }
         for d in direct {
             let s = BarSlot {
-                slot: self.next_mem_slot,
+                slot: slots
+                    .take(1, "--device", &format!("{name}'s BAR {}", d.index))?
+                    .start,
                 host: d.host,
                 size: d.size,
             };
@@ -370,7 +366,6 @@ impl PciSegment {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((devfn, d.index), s);
-            self.next_mem_slot += 1;
         }
         self.bus.add(devfn, as_pci);
         log::info!(

@@ -18,6 +18,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::{DmaTargets, HotplugBackend};
 use crate::interrupt::MsiRouter;
 use crate::kvm_stats::KvmStats;
+use crate::memslots::MemSlots;
 use crate::pci_segment::PciSegment;
 use crate::platform::{self, MemoryLayout};
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
@@ -112,7 +113,9 @@ impl Vm {
             .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
         let ram =
             memory::GuestRam::with_backing(&mem_layout.ram_ranges(), hotplug_region, backing)?;
-        let first_hotplug_slot = ram.register_boot(&vm_fd)?;
+        // Every KVM memory slot of this VM comes from here, in build order.
+        let mut slots = MemSlots::new(kvm.get_nr_memslots() as u32);
+        ram.register_boot(&vm_fd, &mut slots)?;
         let memory = &ram.memory;
 
         let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
@@ -151,20 +154,17 @@ impl Vm {
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => {
-                let kvm_slots = kvm.get_nr_memslots() as u64;
-                let needed = u64::from(first_hotplug_slot) + h.hotplug_size / h.slot_size();
-                if needed > kvm_slots {
-                    return Err(Error::config(
-                        "--memory",
-                        format!("hotplug_size={} needs {needed} KVM memory slots; this host has {kvm_slots}", arch::format_size(h.hotplug_size)),
-                    ));
-                }
+                let hotplug_slots = slots.take(
+                    (h.hotplug_size / h.slot_size()) as u32,
+                    "--memory",
+                    &format!("hotplug_size={}", arch::format_size(h.hotplug_size)),
+                )?;
                 let backend = Arc::new(HotplugBackend::new(
                     vm_fd.clone(),
                     mapping.clone(),
                     base,
                     h.slot_size(),
-                    first_hotplug_slot,
+                    hotplug_slots,
                     dma_targets.clone(),
                     view.clone(),
                 ));
@@ -206,13 +206,15 @@ impl Vm {
             _ => None,
         };
 
-        let hotplug_slots = cfg
-            .memory
-            .hotplug
-            .map_or(0, |h| (h.hotplug_size / h.slot_size()) as u32);
-        pci.set_first_free_slot(first_hotplug_slot + hotplug_slots);
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
-        add_vfio_devices(cfg, &mut pci, memory, boot_ram_end, &dma_targets)?;
+        add_vfio_devices(
+            cfg,
+            &mut pci,
+            memory,
+            boot_ram_end,
+            &dma_targets,
+            &mut slots,
+        )?;
 
         if load_payload {
             platform::boot(cfg, memory, &mem_layout, &pci, &vcpus, &mut arch_state)?;
@@ -452,6 +454,7 @@ fn add_vfio_devices(
     mem: &GuestMemoryMmap,
     boot_ram_end: u64,
     dma: &DmaTargets,
+    slots: &mut MemSlots,
 ) -> Result<()> {
     let sysfs = vfio::pci::Sysfs::default();
     for (i, d) in cfg.devices.iter().enumerate() {
@@ -471,7 +474,7 @@ fn add_vfio_devices(
             .unwrap_or_else(|e| e.into_inner())
             .push(dev.shared_container());
         let name = d.id.clone().unwrap_or_else(|| format!("vfio{i}"));
-        pci.add_vfio(&name, dev)?;
+        pci.add_vfio(&name, dev, slots)?;
     }
     Ok(())
 }
