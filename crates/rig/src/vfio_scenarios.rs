@@ -179,6 +179,29 @@ fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
     let grown = pinned_mib(s.pid());
     mem_scenarios::resize_wait(env, &sock, "256M", 60)?;
     let shrunk = pinned_mib(s.pid());
+    // A snapshot cannot carry a passed-through device: refused by name.
+    crate::guest::remote(env, &sock, "pause")?;
+    let snap = env.tmp.join("vfio-snap");
+    let out = std::process::Command::new(env.bin("caravel-remote"))
+        .args([
+            "--api-socket",
+            &sock,
+            "snapshot",
+            &format!("file://{}", snap.display()),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let refusal = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if out.status.success() || !refusal.contains("passed-through devices (vfio0)") {
+        return Err(format!("vm.snapshot with a VF: {} {refusal}", out.status));
+    }
+    if snap.join("state.json").exists() {
+        return Err("a refused snapshot left a state file".into());
+    }
+    crate::guest::remote(env, &sock, "resume")?;
     s.send("poweroff -f")?;
     expect_exit(&mut s, 0)?;
     // Boot RAM (256 MiB) is pinned at start; +512 MiB plugged, then unplugged.
@@ -187,7 +210,7 @@ fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
             "pinned (VmLck) {boot} -> {grown} -> {shrunk} MiB; expected 256 -> 768 -> 256"
         ));
     }
-    Ok(format!("pinned for device DMA: {boot} -> {grown} -> {shrunk} MiB as the guest plugged and unplugged 512 MiB"))
+    Ok(format!("pinned for device DMA: {boot} -> {grown} -> {shrunk} MiB as the guest plugged and unplugged 512 MiB; vm.snapshot refused: {refusal}"))
 }
 
 fn a(s: &str) -> PciAddress {
