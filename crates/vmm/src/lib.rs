@@ -30,6 +30,7 @@ pub mod test_support;
 mod vcpu;
 mod vfio_pci;
 mod vm;
+mod vm_devices;
 mod vmm;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;

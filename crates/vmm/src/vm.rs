@@ -7,23 +7,23 @@ use std::sync::{Arc, Mutex};
 use devices::serial::{SerialDevice, SerialOutput};
 use devices::Bus;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleConfig, VmConfig};
-use crate::console;
+use crate::config::VmConfig;
 use crate::device_memory::DeviceMemoryView;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::hotplug::{DmaTargets, HotplugBackend};
+use crate::hotplug::DmaTargets;
 use crate::interrupt::MsiRouter;
 use crate::kvm_stats::KvmStats;
 use crate::memslots::MemSlots;
 use crate::pci_segment::PciSegment;
 use crate::platform::{self, MemoryLayout};
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::vm_devices;
 use crate::{memory, Error, Result};
-use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
+use virtio::mem::MemHandle;
 
 /// A VM built and ready to start.
 ///
@@ -122,18 +122,7 @@ impl Vm {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
 
-        // The UART: its interrupt is an irqfd on the platform's serial GSI.
-        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
-        vm_fd
-            .register_irqfd(&serial_irq, platform::SERIAL_GSI)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial_input_wanted =
-            Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
-        let serial = Arc::new(Mutex::new(platform::serial_device(
-            serial_irq,
-            serial_input_wanted.clone(),
-            serial_out,
-        )));
+        let (serial, serial_input_wanted) = vm_devices::serial(&vm_fd, serial_out)?;
         platform::legacy_devices(&pio, &mmio, serial.clone(), exit.clone())?;
 
         let router = Arc::new(MsiRouter::new(vm_fd.clone(), platform::MSI_GSI_START));
@@ -150,64 +139,29 @@ impl Vm {
             hotplug_region.map(|(base, _)| base),
         )?);
         let console_dropped = Arc::new(AtomicU64::new(0));
-        add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
+        vm_devices::add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
-            (Some(h), Some((base, _)), Some(mapping)) => {
-                let hotplug_slots = slots.take(
-                    (h.hotplug_size / h.slot_size()) as u32,
-                    "--memory",
-                    &format!("hotplug_size={}", arch::format_size(h.hotplug_size)),
-                )?;
-                let backend = Arc::new(HotplugBackend::new(
-                    vm_fd.clone(),
-                    mapping.clone(),
+            (Some(h), Some((base, _)), Some(mapping)) => Some(vm_devices::add_memory_device(
+                &mut pci,
+                vm_devices::HotplugParts {
+                    vm: &vm_fd,
+                    config: h,
                     base,
-                    h.slot_size(),
-                    hotplug_slots,
-                    dma_targets.clone(),
-                    view.clone(),
-                ));
-                let geometry = Geometry {
-                    addr: base,
-                    region_size: h.hotplug_size,
-                    block_size: h.block_size,
-                    slot_size: h.slot_size(),
-                    node_id: 0,
-                };
-                let listener_events = events.clone();
-                let listener: PluggedListener = Box::new(move |plugged| {
-                    if let Some(ev) = &listener_events {
-                        ev.emit(
-                            "memory",
-                            "plugged-size",
-                            Some(serde_json::json!({ "plugged_size": plugged })),
-                        );
-                    }
-                });
-                let requested = hotplug_requested.unwrap_or(h.hotplugged_size);
-                let dev = Mem::new(
-                    geometry,
-                    requested,
-                    backing == memory::Backing::HugeTlb,
-                    backend,
-                    Some(listener),
-                );
-                let handle = dev.handle();
-                let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), view.memory())?;
-                handle.set_interrupt(
-                    pci_dev
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .interrupt(),
-                );
-                Some(handle)
-            }
+                    mapping,
+                    hugetlb: backing == memory::Backing::HugeTlb,
+                    requested: hotplug_requested.unwrap_or(h.hotplugged_size),
+                    dma: &dma_targets,
+                    view: &view,
+                    events: &events,
+                },
+                &mut slots,
+            )?),
             _ => None,
         };
 
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
-        add_vfio_devices(
+        vm_devices::add_vfio_devices(
             cfg,
             &mut pci,
             memory,
@@ -441,101 +395,6 @@ impl Vm {
     pub fn its_restore(&self, st: &platform::ItsState) -> Result<()> {
         self.arch_state.restore_its(st, &self.ram.memory)
     }
-}
-
-/// Creates the configured virtio devices on `pci`.
-/// Opens each `--device` (refusing a missing or wrong VF token before the
-/// guest starts), passes it through, and maps boot RAM (below
-/// `boot_ram_end`) for its DMA; hotplugged memory is mapped block by block
-/// as the guest plugs it, through `dma`.
-fn add_vfio_devices(
-    cfg: &VmConfig,
-    pci: &mut PciSegment,
-    mem: &GuestMemoryMmap,
-    boot_ram_end: u64,
-    dma: &DmaTargets,
-    slots: &mut MemSlots,
-) -> Result<()> {
-    let sysfs = vfio::pci::Sysfs::default();
-    for (i, d) in cfg.devices.iter().enumerate() {
-        let dev = vfio::device::Device::open(&sysfs, d.bdf, d.vf_token.as_ref())
-            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
-        for region in mem.iter().filter(|r| r.start_addr().0 < boot_ram_end) {
-            // SAFETY: guest RAM is owned by the Vm, whose `pci` field (which
-            // owns the device and its container) is dropped before `ram`,
-            // so the pages stay mapped as long as the device can DMA.
-            unsafe {
-                dev.container()
-                    .map_dma(region.start_addr().0, region.len(), region.as_ptr() as u64)
-            }
-            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
-        }
-        dma.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(dev.shared_container());
-        let name = d.id.clone().unwrap_or_else(|| format!("vfio{i}"));
-        pci.add_vfio(&name, dev, slots)?;
-    }
-    Ok(())
-}
-
-fn add_virtio_devices(
-    cfg: &VmConfig,
-    pci: &mut PciSegment,
-    mem: &virtio::DeviceMemory,
-    console_dropped: &Arc<AtomicU64>,
-) -> Result<()> {
-    for (i, d) in cfg.disks.iter().enumerate() {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!d.readonly)
-            .open(&d.path)
-            .map_err(|e| {
-                Error::config(
-                    "--disk",
-                    format!(
-                        "cannot open {}{}: {e}",
-                        d.path.display(),
-                        if d.readonly {
-                            ""
-                        } else {
-                            " read-write (readonly=on?)"
-                        }
-                    ),
-                )
-            })?;
-        crate::disk_lock::lock_disk(&file, &d.path, d.readonly)?;
-        let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
-        let disk = virtio::block::Disk::new(file, d.readonly, &id)
-            .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;
-        pci.add_virtio(
-            &format!("virtio-blk{i}"),
-            Box::new(virtio::block::Block::new(disk)),
-            mem.clone(),
-        )?;
-    }
-    if cfg.console != ConsoleConfig::Off {
-        let out = console::open_output(
-            &cfg.console,
-            "--console",
-            "hvc0-out",
-            console_dropped.clone(),
-        )?;
-        let input = (cfg.console == ConsoleConfig::Tty).then_some(0);
-        pci.add_virtio(
-            "virtio-console",
-            Box::new(virtio::console::Console::new(out, input)),
-            mem.clone(),
-        )?;
-    }
-    if cfg.rng {
-        pci.add_virtio(
-            "virtio-rng",
-            Box::new(virtio::rng::Rng::default()),
-            mem.clone(),
-        )?;
-    }
-    Ok(())
 }
 
 /// The vCPU threads of a running VM; dropping it stops and joins them.

@@ -1,0 +1,206 @@
+//! Building a VM's devices: the UART, the virtio devices of the
+//! configuration, the virtio-mem device with its host backend, and
+//! passed-through VFIO devices. `Vm::new` calls these in order.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use devices::serial::{SerialDevice, SerialOutput};
+use kvm_ioctls::VmFd;
+use virtio::mem::{Geometry, Mem, MemHandle, PluggedListener};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{ConsoleConfig, HotplugConfig, VmConfig};
+use crate::console;
+use crate::device_memory::DeviceMemoryView;
+use crate::events::EventMonitor;
+use crate::hotplug::{DmaTargets, HotplugBackend};
+use crate::memory::HostMapping;
+use crate::memslots::MemSlots;
+use crate::pci_segment::PciSegment;
+use crate::platform;
+use crate::{Error, Result};
+
+/// The console UART, its interrupt an irqfd on the platform's serial GSI;
+/// also the event that fires when the guest drains its receive FIFO.
+pub fn serial(vm: &VmFd, out: SerialOutput) -> Result<(Arc<Mutex<SerialDevice>>, Arc<EventFd>)> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
+    vm.register_irqfd(&irq, platform::SERIAL_GSI)
+        .map_err(Error::kvm("KVM_IRQFD"))?;
+    let input_wanted = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::io("eventfd"))?);
+    let serial = Arc::new(Mutex::new(platform::serial_device(
+        irq,
+        input_wanted.clone(),
+        out,
+    )));
+    Ok((serial, input_wanted))
+}
+
+/// What the virtio-mem device and its backend are built from.
+pub struct HotplugParts<'a> {
+    /// The VM (for its memory slots).
+    pub vm: &'a Arc<VmFd>,
+    /// `--memory`'s hotplug part.
+    pub config: HotplugConfig,
+    /// Guest address of the region.
+    pub base: u64,
+    /// The region's host mapping.
+    pub mapping: &'a Arc<HostMapping>,
+    /// hugetlbfs backing: plugs allocate their pages first.
+    pub hugetlb: bool,
+    /// Bytes requested at start.
+    pub requested: u64,
+    /// Passed-through devices whose DMA follows plugs.
+    pub dma: &'a DmaTargets,
+    /// The devices' view of guest memory, which follows plugs.
+    pub view: &'a Arc<DeviceMemoryView>,
+    /// Where plugged-size changes are reported.
+    pub events: &'a Option<Arc<EventMonitor>>,
+}
+
+/// Creates the virtio-mem device on `pci`: its backend takes one KVM memory
+/// slot per hotplug slot from `slots`. Returns the VMM's handle.
+pub fn add_memory_device(
+    pci: &mut PciSegment,
+    p: HotplugParts<'_>,
+    slots: &mut MemSlots,
+) -> Result<MemHandle> {
+    let h = p.config;
+    let hotplug_slots = slots.take(
+        (h.hotplug_size / h.slot_size()) as u32,
+        "--memory",
+        &format!("hotplug_size={}", arch::format_size(h.hotplug_size)),
+    )?;
+    let backend = Arc::new(HotplugBackend::new(
+        p.vm.clone(),
+        p.mapping.clone(),
+        p.base,
+        h.slot_size(),
+        hotplug_slots,
+        p.dma.clone(),
+        p.view.clone(),
+    ));
+    let geometry = Geometry {
+        addr: p.base,
+        region_size: h.hotplug_size,
+        block_size: h.block_size,
+        slot_size: h.slot_size(),
+        node_id: 0,
+    };
+    let events = p.events.clone();
+    let listener: PluggedListener = Box::new(move |plugged| {
+        if let Some(ev) = &events {
+            ev.emit(
+                "memory",
+                "plugged-size",
+                Some(serde_json::json!({ "plugged_size": plugged })),
+            );
+        }
+    });
+    let dev = Mem::new(geometry, p.requested, p.hugetlb, backend, Some(listener));
+    let handle = dev.handle();
+    let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), p.view.memory())?;
+    handle.set_interrupt(
+        pci_dev
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interrupt(),
+    );
+    Ok(handle)
+}
+
+/// Opens each `--device` (refusing a missing or wrong VF token before the
+/// guest starts), passes it through, and maps boot RAM (below
+/// `boot_ram_end`) for its DMA; hotplugged memory is mapped block by block
+/// as the guest plugs it, through `dma`.
+pub fn add_vfio_devices(
+    cfg: &VmConfig,
+    pci: &mut PciSegment,
+    mem: &GuestMemoryMmap,
+    boot_ram_end: u64,
+    dma: &DmaTargets,
+    slots: &mut MemSlots,
+) -> Result<()> {
+    let sysfs = vfio::pci::Sysfs::default();
+    for (i, d) in cfg.devices.iter().enumerate() {
+        let dev = vfio::device::Device::open(&sysfs, d.bdf, d.vf_token.as_ref())
+            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
+        for region in mem.iter().filter(|r| r.start_addr().0 < boot_ram_end) {
+            // SAFETY: guest RAM is owned by the Vm, whose `pci` field (which
+            // owns the device and its container) is dropped before `ram`,
+            // so the pages stay mapped as long as the device can DMA.
+            unsafe {
+                dev.container()
+                    .map_dma(region.start_addr().0, region.len(), region.as_ptr() as u64)
+            }
+            .map_err(|e| Error::Vfio(format!("{}: {e}", d.bdf)))?;
+        }
+        dma.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dev.shared_container());
+        let name = d.id.clone().unwrap_or_else(|| format!("vfio{i}"));
+        pci.add_vfio(&name, dev, slots)?;
+    }
+    Ok(())
+}
+
+/// Creates the configured virtio devices on `pci`: disks, console, rng.
+pub fn add_virtio_devices(
+    cfg: &VmConfig,
+    pci: &mut PciSegment,
+    mem: &virtio::DeviceMemory,
+    console_dropped: &Arc<AtomicU64>,
+) -> Result<()> {
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.readonly)
+            .open(&d.path)
+            .map_err(|e| {
+                Error::config(
+                    "--disk",
+                    format!(
+                        "cannot open {}{}: {e}",
+                        d.path.display(),
+                        if d.readonly {
+                            ""
+                        } else {
+                            " read-write (readonly=on?)"
+                        }
+                    ),
+                )
+            })?;
+        crate::disk_lock::lock_disk(&file, &d.path, d.readonly)?;
+        let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
+        let disk = virtio::block::Disk::new(file, d.readonly, &id)
+            .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;
+        pci.add_virtio(
+            &format!("virtio-blk{i}"),
+            Box::new(virtio::block::Block::new(disk)),
+            mem.clone(),
+        )?;
+    }
+    if cfg.console != ConsoleConfig::Off {
+        let out = console::open_output(
+            &cfg.console,
+            "--console",
+            "hvc0-out",
+            console_dropped.clone(),
+        )?;
+        let input = (cfg.console == ConsoleConfig::Tty).then_some(0);
+        pci.add_virtio(
+            "virtio-console",
+            Box::new(virtio::console::Console::new(out, input)),
+            mem.clone(),
+        )?;
+    }
+    if cfg.rng {
+        pci.add_virtio(
+            "virtio-rng",
+            Box::new(virtio::rng::Rng::default()),
+            mem.clone(),
+        )?;
+    }
+    Ok(())
+}
