@@ -134,16 +134,7 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
         let n = migrations.len();
         crate::guest::remote(env, &sock(n), "pause")?;
         let _ = std::fs::remove_dir_all(&dir);
-        let out = std::process::Command::new(env.bin("caravel-remote"))
-            .args(["--api-socket", &sock(n), "snapshot", &url])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "snapshot failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        crate::guest::remote_snapshot(env, &sock(n), &url)?;
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &s.pid().to_string()])
             .status();

@@ -61,6 +61,25 @@ pub fn remote(env: &Env, sock: &str, cmd: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `caravel-remote --api-socket SOCK snapshot URL`; its output.
+pub fn remote_snapshot(env: &Env, sock: &str, url: &str) -> Result<String, String> {
+    let out = std::process::Command::new(env.bin("caravel-remote"))
+        .args(["--api-socket", sock, "snapshot", url])
+        .output()
+        .map_err(|e| format!("cannot run caravel-remote: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "caravel-remote snapshot failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn guest_cmd(s: &mut Session, cmd: &str) -> Result<Vec<String>, String> {
     s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
     let start = s.transcript.len();

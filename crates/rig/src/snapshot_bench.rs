@@ -115,16 +115,7 @@ fn caravel_steps(env: &Env, prefault: bool) -> Result<Row, String> {
     remote(env, &sock, "pause")?;
     let url = format!("file://{}", dir.display());
     let t0 = Instant::now();
-    let out = std::process::Command::new(env.bin("caravel-remote"))
-        .args(["--api-socket", &sock, "snapshot", &url])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "snapshot failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    crate::guest::remote_snapshot(env, &sock, &url)?;
     let save = t0.elapsed().as_secs_f64();
     kill(&mut s);
     let mem = dir.join("memory");

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::guest::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
+use crate::guest::{expect_exit, guest_cmd, remote, remote_snapshot, BOOT_TIMEOUT};
 use crate::mem_scenarios::{check_total, mem_total, resize_wait};
 use crate::session::Session;
 use crate::Env;
@@ -123,7 +123,7 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
     let paused_at = Instant::now();
     let url = format!("file://{}", snap.display());
     let t0 = Instant::now();
-    snapshot(env, &sock, &url)?;
+    remote_snapshot(env, &sock, &url)?;
     let snapshot_time = t0.elapsed();
     let state_bytes = std::fs::metadata(snap.join("state.json")).map_or(0, |m| m.len());
     let mem_file = snap.join("memory");
@@ -242,21 +242,4 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
         clock_after - clock_before,
         host_gap - 2
     ))
-}
-
-/// `caravel-remote snapshot URL`.
-fn snapshot(env: &Env, sock: &str, url: &str) -> Result<String, String> {
-    let out = std::process::Command::new(env.bin("caravel-remote"))
-        .args(["--api-socket", sock, "snapshot", url])
-        .output()
-        .map_err(|e| format!("cannot run caravel-remote: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "caravel-remote snapshot failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -182,21 +182,15 @@ fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
     // A snapshot cannot carry a passed-through device: refused by name.
     crate::guest::remote(env, &sock, "pause")?;
     let snap = env.tmp.join("vfio-snap");
-    let out = std::process::Command::new(env.bin("caravel-remote"))
-        .args([
-            "--api-socket",
-            &sock,
-            "snapshot",
-            &format!("file://{}", snap.display()),
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let refusal = String::from_utf8_lossy(&out.stderr)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    if out.status.success() || !refusal.contains("passed-through devices (vfio0)") {
-        return Err(format!("vm.snapshot with a VF: {} {refusal}", out.status));
+    let url = format!("file://{}", snap.display());
+    let refusal = match crate::guest::remote_snapshot(env, &sock, &url) {
+        Ok(out) => return Err(format!("vm.snapshot with a VF succeeded: {out}")),
+        Err(e) => e,
+    };
+    if !refusal.contains("passed-through devices (vfio0)") {
+        return Err(format!(
+            "vm.snapshot with a VF refused for another reason: {refusal}"
+        ));
     }
     if snap.join("state.json").exists() {
         return Err("a refused snapshot left a state file".into());

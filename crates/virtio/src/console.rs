@@ -232,11 +232,7 @@ impl VirtioDeviceCommon for Console {
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {
-        self.worker
-            .take()
-            .and_then(Worker::stop)
-            .map(|s| s.queues)
-            .unwrap_or_default()
+        Worker::stop_queues(&mut self.worker)
     }
 
     fn reset(&mut self) {

@@ -106,11 +106,7 @@ impl VirtioDeviceCommon for Rng {
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {
-        self.worker
-            .take()
-            .and_then(Worker::stop)
-            .map(|s| s.queues)
-            .unwrap_or_default()
+        Worker::stop_queues(&mut self.worker)
     }
 
     fn reset(&mut self) {

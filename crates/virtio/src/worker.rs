@@ -185,6 +185,16 @@ impl<H: QueueHandler> Worker<H> {
         })
     }
 
+    /// Stops the worker in `slot`, if any, and returns its queues with
+    /// their ring positions (a device's pause); none when there was no
+    /// worker.
+    pub fn stop_queues(slot: &mut Option<Self>) -> Vec<ActiveQueue> {
+        slot.take()
+            .and_then(Self::stop)
+            .map(|s| s.queues)
+            .unwrap_or_default()
+    }
+
     /// Stops the thread and returns the handler (with its state) and the
     /// queues; `None` only if the thread panicked.
     pub fn stop(mut self) -> Option<Stopped<H>> {

@@ -342,6 +342,68 @@ fn a_paused_guest_stops_and_a_resumed_one_goes_on() {
     assert_eq!(running.stop(), ExitReason::Shutdown);
 }
 
+/// A guest that counts in RAX and stores each value at 0x200000.
+#[cfg(target_arch = "x86_64")]
+fn counting_config() -> VmConfig {
+    guest_asm::guest_code!(
+        count_on,
+        ".code64",
+        "mov rdi, 0x200000",
+        "xor eax, eax",
+        "2: inc rax",
+        "mov [rdi], rax",
+        "jmp 2b"
+    );
+    config(1, vec![(CODE_ADDR, count_on::code().to_vec())])
+}
+
+/// The counting guest's last stored value.
+#[cfg(target_arch = "x86_64")]
+fn counter(vm: &Vm) -> u64 {
+    use vm_memory::{Bytes, GuestAddress};
+    vm.memory()
+        .read_obj::<u64>(GuestAddress(0x20_0000))
+        .unwrap()
+}
+
+/// Runs the counting guest until it has counted to `to`, then pauses it.
+#[cfg(target_arch = "x86_64")]
+fn count_and_pause(cfg: &VmConfig, to: u64) -> Vm {
+    let (vm, _out) = build(cfg);
+    let running = vm.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while counter(running.vm()) < to && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let vm = running.pause();
+    assert!(
+        counter(&vm) >= to,
+        "the guest did not count: {}",
+        counter(&vm)
+    );
+    vm
+}
+
+/// Zeroes the counter, starts `vm` and returns the first value the guest
+/// stores: the saved count + 1 when its registers came along, 1 when it
+/// started over.
+#[cfg(target_arch = "x86_64")]
+fn first_count_after_start(vm: Vm) -> u64 {
+    use vm_memory::{Bytes, GuestAddress};
+    vm.memory()
+        .write_obj(0u64, GuestAddress(0x20_0000))
+        .unwrap();
+    let running = vm.start().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut first = 0;
+    while first == 0 && std::time::Instant::now() < deadline {
+        first = counter(running.vm());
+    }
+    running.request_exit(ExitReason::Shutdown);
+    assert_eq!(running.stop(), ExitReason::Shutdown);
+    first
+}
+
 /// A paused VM saved with `Vm::snapshot` and restored into a fresh VM built
 /// from the same configuration goes on where it stopped: the counter in its
 /// memory continues from the saved value because RAX (the count) and RIP
@@ -353,31 +415,9 @@ fn a_snapshot_restored_into_a_new_vm_continues() {
     if !kvm_available() {
         return;
     }
-    use vm_memory::{Bytes, GuestAddress};
-    guest_asm::guest_code!(
-        count_on,
-        ".code64",
-        "mov rdi, 0x200000",
-        "xor eax, eax",
-        "2: inc rax",
-        "mov [rdi], rax",
-        "jmp 2b"
-    );
-    let cfg = config(1, vec![(CODE_ADDR, count_on::code().to_vec())]);
-    let counter = |vm: &Vm| {
-        vm.memory()
-            .read_obj::<u64>(GuestAddress(0x20_0000))
-            .unwrap()
-    };
-    let (vm, _out) = build(&cfg);
-    let running = vm.start().unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while counter(running.vm()) < 100_000 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let old = running.pause();
+    let cfg = counting_config();
+    let old = count_and_pause(&cfg, 100_000);
     let saved = counter(&old);
-    assert!(saved >= 100_000, "the guest did not count: {saved}");
     let st = old.snapshot().unwrap();
     // Through serde, as a snapshot file will carry it.
     let json = serde_json::to_vec(&st).unwrap();
@@ -387,20 +427,7 @@ fn a_snapshot_restored_into_a_new_vm_continues() {
     fresh.restore(&st, old.memory()).unwrap();
     drop(old);
     assert_eq!(counter(&fresh), saved, "memory copied");
-    // Zero the counter: the next value the guest stores tells where RAX
-    // was (saved + 1 when the vCPU state came along; 1 when it started over).
-    fresh
-        .memory()
-        .write_obj(0u64, GuestAddress(0x20_0000))
-        .unwrap();
-    let running = fresh.start().unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let mut first = 0;
-    while first == 0 && std::time::Instant::now() < deadline {
-        first = counter(running.vm());
-    }
-    running.request_exit(ExitReason::Shutdown);
-    assert_eq!(running.stop(), ExitReason::Shutdown);
+    let first = first_count_after_start(fresh);
     assert!(
         first > saved,
         "the restored guest counted from {first}, not on from {saved}"
@@ -409,38 +436,17 @@ fn a_snapshot_restored_into_a_new_vm_continues() {
 
 /// The same through a snapshot directory: `snapshot::files::save` writes
 /// `state.json` and a sparse `memory` file, and a VM built for a restore
-/// (no payload loaded) continues from them. Damaging the state file makes
-/// the load fail with its checksum.
+/// (no payload loaded) continues from them, its memory mapped from the
+/// file. Damaging the state file makes the load fail with its checksum.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn a_snapshot_directory_restores_into_a_vm_built_without_a_payload() {
     if !kvm_available() {
         return;
     }
-    use vm_memory::{Bytes, GuestAddress};
     use vmm::snapshot::files;
-    guest_asm::guest_code!(
-        count_files,
-        ".code64",
-        "mov rdi, 0x200000",
-        "xor eax, eax",
-        "2: inc rax",
-        "mov [rdi], rax",
-        "jmp 2b"
-    );
-    let cfg = config(1, vec![(CODE_ADDR, count_files::code().to_vec())]);
-    let counter = |vm: &Vm| {
-        vm.memory()
-            .read_obj::<u64>(GuestAddress(0x20_0000))
-            .unwrap()
-    };
-    let (vm, _out) = build(&cfg);
-    let running = vm.start().unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while counter(running.vm()) < 50_000 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let old = running.pause();
+    let cfg = counting_config();
+    let old = count_and_pause(&cfg, 50_000);
     let saved = counter(&old);
     let dir = std::env::temp_dir().join(format!("caravel-snapdir-{}", std::process::id()));
     let report = files::save(&old, &cfg, &dir).unwrap();
@@ -454,20 +460,10 @@ fn a_snapshot_directory_restores_into_a_vm_built_without_a_payload() {
     let snapshot = files::load(&dir).unwrap();
     let restore_cfg = snapshot.config.apply_to(&cfg);
     let fresh = Vm::new_for_restore(&restore_cfg, Box::new(std::io::sink()), None).unwrap();
-    files::restore(&fresh, &snapshot, &dir, false).unwrap();
+    let r = files::restore(&fresh, &snapshot, &dir, false).unwrap();
+    assert!(r.mapped, "private anonymous memory is mapped from the file");
     assert_eq!(counter(&fresh), saved, "memory came back from the file");
-    fresh
-        .memory()
-        .write_obj(0u64, GuestAddress(0x20_0000))
-        .unwrap();
-    let running = fresh.start().unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let mut first = 0;
-    while first == 0 && std::time::Instant::now() < deadline {
-        first = counter(running.vm());
-    }
-    running.request_exit(ExitReason::Shutdown);
-    assert_eq!(running.stop(), ExitReason::Shutdown);
+    let first = first_count_after_start(fresh);
     assert!(
         first > saved,
         "restored from files, the guest counted from {first}, not on from {saved}"

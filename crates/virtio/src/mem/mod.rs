@@ -379,11 +379,7 @@ impl VirtioDeviceCommon for Mem {
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {
-        self.worker
-            .take()
-            .and_then(Worker::stop)
-            .map(|s| s.queues)
-            .unwrap_or_default()
+        Worker::stop_queues(&mut self.worker)
     }
 
     fn save_state(&self) -> DeviceState {

@@ -134,6 +134,40 @@ fn data_extents(file: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, St
     Ok(out)
 }
 
+/// Calls `f(region, host region, file offset of the region, extent)` for
+/// every data extent of `file` that a snapshot of `mem` stores (in the
+/// virtio-mem region: inside plugged runs), after checking that `mem` has
+/// the saved regions. Returns the sum of what `f` returns.
+fn for_each_extent<F>(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    saved: &[SavedRegion],
+    hotplug: Option<(u64, &[(u64, u64)])>,
+    mut f: F,
+) -> Result<u64, String>
+where
+    F: FnMut(SavedRegion, &vm_memory::GuestRegionMmap, u64, (u64, u64)) -> Result<u64, String>,
+{
+    let ours = regions(mem);
+    if ours != saved {
+        return Err(format!(
+            "the snapshot's memory regions {saved:x?} are not this VM's {ours:x?}"
+        ));
+    }
+    let mut file_base = 0u64;
+    let mut total = 0u64;
+    for (region, host) in ours.into_iter().zip(mem.iter()) {
+        for (offset, len) in stored_ranges(region, hotplug) {
+            let (start, end) = (file_base + offset, file_base + offset + len);
+            for extent in data_extents(file, start, end)? {
+                total += f(region, host, file_base, extent)?;
+            }
+        }
+        file_base += region.size;
+    }
+    Ok(total)
+}
+
 /// Reads a snapshot's memory file into `mem` (same regions as `saved`):
 /// only data extents, and in the virtio-mem region only plugged runs.
 /// Returns the bytes read.
@@ -143,34 +177,27 @@ pub fn read(
     saved: &[SavedRegion],
     hotplug: Option<(u64, &[(u64, u64)])>,
 ) -> Result<u64, String> {
-    let ours = regions(mem);
-    if ours != saved {
-        return Err(format!(
-            "the snapshot's memory regions {saved:x?} are not this VM's {ours:x?}"
-        ));
-    }
     let mut buf = vec![0u8; CHUNK];
-    let mut file_base = 0u64;
-    let mut read = 0u64;
-    for region in ours {
-        for (offset, len) in stored_ranges(region, hotplug) {
-            let (start, end) = (file_base + offset, file_base + offset + len);
-            for (mut a, b) in data_extents(file, start, end)? {
-                while a < b {
-                    let n = CHUNK.min((b - a) as usize);
-                    file.read_exact_at(&mut buf[..n], a)
-                        .map_err(|e| format!("memory file: read at {a:#x}: {e}"))?;
-                    let gpa = region.gpa + (a - file_base);
-                    mem.write_slice(&buf[..n], GuestAddress(gpa))
-                        .map_err(|e| format!("writing guest memory at {gpa:#x}: {e}"))?;
-                    read += n as u64;
-                    a += n as u64;
-                }
+    for_each_extent(
+        file,
+        mem,
+        saved,
+        hotplug,
+        |region, _, file_base, (mut a, b)| {
+            let mut read = 0;
+            while a < b {
+                let n = CHUNK.min((b - a) as usize);
+                file.read_exact_at(&mut buf[..n], a)
+                    .map_err(|e| format!("memory file: read at {a:#x}: {e}"))?;
+                let gpa = region.gpa + (a - file_base);
+                mem.write_slice(&buf[..n], GuestAddress(gpa))
+                    .map_err(|e| format!("writing guest memory at {gpa:#x}: {e}"))?;
+                read += n as u64;
+                a += n as u64;
             }
-        }
-        file_base += region.size;
-    }
-    Ok(read)
+            Ok(read)
+        },
+    )
 }
 
 /// Maps the memory file's data into `mem` instead of reading it: each data
@@ -186,58 +213,48 @@ pub fn map(
     saved: &[SavedRegion],
     hotplug: Option<(u64, &[(u64, u64)])>,
 ) -> Result<u64, String> {
-    let ours = regions(mem);
-    if ours != saved {
-        return Err(format!(
-            "the snapshot's memory regions {saved:x?} are not this VM's {ours:x?}"
-        ));
-    }
     let page = PAGE as u64;
-    let mut file_base = 0u64;
-    let mut mapped = 0u64;
-    for (region, r) in ours.into_iter().zip(mem.iter()) {
-        for (offset, len) in stored_ranges(region, hotplug) {
-            let (start, end) = (file_base + offset, file_base + offset + len);
-            for (a, b) in data_extents(file, start, end)? {
-                // Whole pages: extents start and end on page boundaries
-                // except at a file's end, which is a region's end.
-                let (a, b) = (a / page * page, b.div_ceil(page) * page);
-                let at = a - file_base;
-                let len = (b - a).min(region.size - at);
-                let host = r
-                    .get_host_address(vm_memory::MemoryRegionAddress(at))
-                    .map_err(|e| format!("guest memory at {:#x}: {e}", region.gpa + at))?;
-                // SAFETY: `host..host + len` lies inside this region's
-                // mapping (`at + len <= region.size`, checked by
-                // get_host_address and the min above), which the VM's
-                // GuestRam owns and unmaps as a whole when it goes. Nothing
-                // uses guest memory yet (no vCPU runs, no device is
-                // active), and vm-memory reaches it only through raw
-                // pointers, so no reference sees the pages change. MAP_FIXED
-                // replaces exactly that range with a private file mapping of
-                // the same size and protection.
-                let p = unsafe {
-                    libc::mmap(
-                        host.cast(),
-                        len as usize,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                        file.as_raw_fd(),
-                        a as libc::off_t,
-                    )
-                };
-                if p == libc::MAP_FAILED || p != host.cast() {
-                    return Err(format!(
-                        "cannot map the memory file at {a:#x}: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                mapped += len;
+    for_each_extent(
+        file,
+        mem,
+        saved,
+        hotplug,
+        |region, host_region, file_base, (a, b)| {
+            // Whole pages: extents start and end on page boundaries except at
+            // a file's end, which is a region's end.
+            let (a, b) = (a / page * page, b.div_ceil(page) * page);
+            let at = a - file_base;
+            let len = (b - a).min(region.size - at);
+            let host = host_region
+                .get_host_address(vm_memory::MemoryRegionAddress(at))
+                .map_err(|e| format!("guest memory at {:#x}: {e}", region.gpa + at))?;
+            // SAFETY: `host..host + len` lies inside this region's mapping
+            // (`at + len <= region.size`, checked by get_host_address and the
+            // min above), which the VM's GuestRam owns and unmaps as a whole
+            // when it goes. Nothing uses guest memory yet (no vCPU runs, no
+            // device is active), and vm-memory reaches it only through raw
+            // pointers, so no reference sees the pages change. MAP_FIXED
+            // replaces exactly that range with a private file mapping of the
+            // same size and protection.
+            let p = unsafe {
+                libc::mmap(
+                    host.cast(),
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    file.as_raw_fd(),
+                    a as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED || p != host.cast() {
+                return Err(format!(
+                    "cannot map the memory file at {a:#x}: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
-        }
-        file_base += region.size;
-    }
-    Ok(mapped)
+            Ok(len)
+        },
+    )
 }
 
 #[cfg(test)]
