@@ -19,6 +19,8 @@
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
+#        RIG_APPEND (more outer kernel arguments, e.g. softlockup_all_cpu_backtrace=1 loglevel=7),
+#        RIG_MONITOR (a Unix socket path for the outer QEMU's monitor: info cpus, info registers -a),
 #        RIG_REBOOTS (guest reboots of reboot-loop-leaves-fds-threads-rss-flat, default 30;
 #        the figure is 200, ~5.5 min),
 #        RIG_EXTRA_DIR (a directory copied to /extra in the outer VM, e.g. the kernel's KVM
@@ -82,7 +84,9 @@ if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-
   cp -rL /usr/share/qemu /usr/share/seabios "$ROOT/usr/share/"
 fi
 (cd "$ROOT" && find . | cpio --quiet -o -H newc) > "$ROOT.cpio" || die "packing the outer VM's initramfs failed"
-trap 'rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
+# The outer VM's whole console stays in $CARAVEL_CACHE/logs/rig-console.log
+# (kernel messages of a wedge included) until the next run.
+trap 'mkdir -p "$CACHE/logs"; cp "$RUN_LOG" "$CACHE/logs/rig-console.log" 2>/dev/null; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
 
 if [ "${1:-}" = --demo ]; then
   log "booting the outer VM; Caravel's guest console follows (guest: poweroff -f; QEMU: Ctrl-A x)"
@@ -99,13 +103,13 @@ if [ "${1:-}" = --demo ]; then
 fi
 QEMU=qemu-system-x86_64
 MACHINE=()
-APPEND_EXTRA=""
+APPEND_EXTRA="${RIG_APPEND:+ $RIG_APPEND}"
 if [ "${1:-}" = --vfio ]; then
   Q=$("$RIG_DIR/fetch-qemu.sh" | tail -n1)
   QEMU=$Q/usr/bin/qemu-system-x86_64
   MACHINE=(-L "$Q/usr/share/qemu" -M q35 -device intel-iommu,intremap=on,caching-mode=on
            -netdev user,id=n0 -device igb,netdev=n0,addr=0x3)
-  APPEND_EXTRA=" intel_iommu=on"
+  APPEND_EXTRA="$APPEND_EXTRA intel_iommu=on"
 fi
 case "${1:-}" in
   --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
@@ -120,7 +124,8 @@ boot_outer() {
   # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
   : > "$RUN_LOG"
   ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
-      "${MACHINE[@]}" -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
+      "${MACHINE[@]}" ${RIG_MONITOR:+-monitor unix:$RIG_MONITOR,server=on,wait=off} \
+      -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
       -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS rig.reboots=${RIG_REBOOTS:-30}$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
   local vm=$!
   tail -n +1 -f --pid=$vm "$RUN_LOG" | stdbuf -oL sed -n 's/^RIG| //p' &
@@ -155,6 +160,6 @@ for attempt in 1 2; do
   # No end marker: the outer VM wedged or timed out (a known TCG + nested-KVM
   # hazard, see tests/vm/README.md). That is not a Caravel result: retry once.
   log "the outer VM did not finish (wedge or timeout); last output:"
-  tail -n 20 "$RUN_LOG" >&2
+  tail -n "${RIG_WEDGE_TAIL:-20}" "$RUN_LOG" >&2
 done
 die "the outer VM did not finish twice"

@@ -9,6 +9,8 @@
 //! * [`cases`]: the cases by group (`sync_regs`, `resets`, `sregs`,
 //!   `memslots`, `vcpu`, `stats`, `exits`);
 //! * [`runner`]: each case in its own process, with a timeout;
+//! * [`keeper`]: one idle VM held for the whole run (no kernel code
+//!   patching between cases);
 //! * [`report`]: TAP and JSON output, exit codes.
 //!
 //! Guest code is assembly (general-purpose registers only, see `guest-asm`).
@@ -19,5 +21,6 @@ pub mod cases;
 pub mod check;
 pub mod glob;
 pub mod harness;
+pub mod keeper;
 pub mod report;
 pub mod runner;

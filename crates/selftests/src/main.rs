@@ -45,6 +45,11 @@ mod x86 {
         #[arg(long, value_name = "S", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
         timeout: u64,
+        /// Do not hold an idle VM for the run: every case's VM is then the
+        /// host's only one, and the kernel live-patches its scheduler around
+        /// each (this wedged nested-SVM QEMU TCG hosts; docs/selftests.md).
+        #[arg(long)]
+        no_keeper: bool,
         /// Internal: run one case in this process and print its result line.
         #[arg(long, value_name = "NAME", hide = true)]
         run_case: Option<String>,
@@ -103,9 +108,20 @@ mod x86 {
         };
         let mut totals = Totals::default();
         let mut reports = Vec::new();
+        // Held until the run ends (see selftests::keeper).
+        let keeper = (!args.no_keeper).then(selftests::keeper::Keeper::hold);
         if !args.json {
             println!("{}", report::tap_header(selected.len()));
             println!("# host KVM backend: {}", cases::host_backend());
+            match &keeper {
+                Some(Ok(_)) => println!(
+                    "# holding one idle VM for the run (no kernel code patching between cases)"
+                ),
+                Some(Err(e)) => {
+                    println!("# no idle VM held ({e}): the kernel patches code around every case")
+                }
+                None => println!("# --no-keeper: the kernel patches code around every case"),
+            }
         }
         for (i, c) in selected.iter().enumerate() {
             let r = run_in_child(&exe, c.name, timeout);
@@ -115,6 +131,7 @@ mod x86 {
             }
             reports.push(r);
         }
+        drop(keeper);
         if args.json {
             println!("{}", report::json(&reports, &totals));
         } else {
