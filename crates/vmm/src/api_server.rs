@@ -30,12 +30,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `vm.snapshot` may take before the client hears 504.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How long a command may take to complete.
-enum CommandKind {
-    Quick,
-    Snapshot,
-}
-
 /// State the API reads without involving the VMM thread.
 #[derive(Debug, Clone)]
 pub struct ApiShared {
@@ -365,10 +359,11 @@ fn json<T: serde::Serialize>(v: &T) -> Response {
 fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let shutdown = cmd == ApiCommand::Shutdown;
-    let cmd_kind = if matches!(cmd, ApiCommand::Snapshot { .. }) {
-        CommandKind::Snapshot
+    // Writing a snapshot takes as long as the disk needs for guest memory.
+    let timeout = if matches!(cmd, ApiCommand::Snapshot { .. }) {
+        SNAPSHOT_TIMEOUT
     } else {
-        CommandKind::Quick
+        COMMAND_TIMEOUT
     };
     // A shutdown that finds the VM already stopped (a second, concurrent
     // vm.shutdown) has what it asked for.
@@ -385,12 +380,6 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
         };
     }
     let _ = ctx.wake.write(1);
-    // Writing a snapshot takes as long as the disk needs for guest memory.
-    let timeout = if matches!(cmd_kind, CommandKind::Snapshot) {
-        SNAPSHOT_TIMEOUT
-    } else {
-        COMMAND_TIMEOUT
-    };
     match reply_rx.recv_timeout(timeout) {
         Ok(r) => r,
         Err(_) if shutdown && stopped() => Response::no_content(),

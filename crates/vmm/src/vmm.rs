@@ -175,16 +175,10 @@ impl Vmm {
             output_dropped: None,
         }));
         // The last vm.resize, carried across guest reboots.
-        let mut hotplug_requested: Option<u64> = restore.as_ref().and_then(|r| {
-            r.snapshot
-                .vm
-                .devices
-                .iter()
-                .find_map(|d| match &d.state.device {
-                    virtio::state::DeviceState::Mem(m) => Some(m.requested_size),
-                    _ => None,
-                })
-        });
+        let mut hotplug_requested: Option<u64> = restore
+            .as_ref()
+            .and_then(|r| r.snapshot.vm.memory_device())
+            .map(|m| m.requested_size);
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
         let api = match &cfg.api_socket {

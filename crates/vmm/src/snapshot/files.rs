@@ -194,11 +194,7 @@ pub fn save(vm: &Vm, cfg: &VmConfig, dir: &Path) -> Result<SaveReport> {
 }
 
 fn hotplug_runs(s: &Snapshot) -> Option<(u64, &[(u64, u64)])> {
-    let base = s.vm.devices.iter().find_map(|d| match &d.state.device {
-        virtio::state::DeviceState::Mem(m) => Some(m.addr),
-        _ => None,
-    })?;
-    Some((base, s.vm.plugged_runs()?))
+    s.vm.memory_device().map(|m| (m.addr, m.plugged.as_slice()))
 }
 
 /// Reads and checks `dir/state.json` ([`parse`]), then the memory file's

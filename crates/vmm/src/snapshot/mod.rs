@@ -50,11 +50,10 @@ impl VmState {
         Ok(())
     }
 
-    /// The plugged `(offset, len)` runs of the virtio-mem region, if the VM
-    /// has one.
-    pub fn plugged_runs(&self) -> Option<&[(u64, u64)]> {
+    /// The virtio-mem device's saved state, if the VM has one.
+    pub fn memory_device(&self) -> Option<&virtio::mem::MemSavedState> {
         self.devices.iter().find_map(|d| match &d.state.device {
-            virtio::state::DeviceState::Mem(m) => Some(m.plugged.as_slice()),
+            virtio::state::DeviceState::Mem(m) => Some(m),
             _ => None,
         })
     }
