@@ -43,6 +43,81 @@ pub struct VmInfoResponse {
     pub devices: Vec<DeviceInfo>,
     /// Boot RAM and the hotplug region.
     pub memory: MemoryInfo,
+    /// The last (or current) live migration of this VMM, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationInfo>,
+}
+
+/// Where a live migration is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Connecting, checking the stream header and the VM's shape.
+    Setup,
+    /// Sending (or receiving) memory while the guest runs.
+    Precopy,
+    /// The guest is paused: the last pages and the state are moving.
+    Stopped,
+    /// Done: the guest runs on the destination.
+    Completed,
+    /// Failed: the guest runs where it ran before (`error` says why).
+    Failed,
+}
+
+/// Progress of a live migration (`vm.info`'s `migration`, and the body of
+/// `vm.send-migration`'s answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrationInfo {
+    /// `source` or `destination`.
+    pub role: String,
+    /// Where it is.
+    pub phase: MigrationPhase,
+    /// Passes over memory so far (1: the first full pass).
+    pub iterations: u32,
+    /// Guest memory bytes sent (received) so far.
+    pub memory_bytes: u64,
+    /// Bytes on the wire so far (frames, headers and state included).
+    pub stream_bytes: u64,
+    /// Bytes dirtied during the last pass (what the next pass sends).
+    pub dirty_bytes: u64,
+    /// Bytes per second the guest dirtied during the last pass.
+    pub dirty_rate: u64,
+    /// Bytes per second the last pass sent.
+    pub throughput: u64,
+    /// Milliseconds since the migration started.
+    pub total_ms: u64,
+    /// Milliseconds the guest was paused (once it has been).
+    pub downtime_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// `PUT /api/v1/vm.send-migration` (Cloud Hypervisor's `SendMigrationData`,
+/// plus Caravel's knobs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmSendMigrationData {
+    /// `unix:/path` or `tcp:HOST:PORT`.
+    pub destination_url: String,
+    /// Same-host migration: guest memory (shared=on) is handed over as
+    /// file descriptors instead of being copied.
+    #[serde(default)]
+    pub local: bool,
+    /// The pause the guest may see, in milliseconds (default 300): pre-copy
+    /// ends when what is left to send fits it.
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    /// Most passes over memory before the guest is paused anyway (default 30).
+    #[serde(default)]
+    pub max_iterations: Option<u32>,
+}
+
+/// `PUT /api/v1/vm.receive-migration` (Cloud Hypervisor's `ReceiveMigrationData`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmReceiveMigrationData {
+    /// `unix:/path` or `tcp:HOST:PORT` to listen on.
+    pub receiver_url: String,
 }
 
 /// Guest memory in `vm.info`.

@@ -34,6 +34,12 @@ Examples:
   caravel-remote --api-socket /tmp/caravel.sock snapshot file:///var/tmp/snap
   caravel --restore source_url=file:///var/tmp/snap,resume=on --api-socket /tmp/c2.sock
 
+Live migration (Cloud Hypervisor's flow): start the destination without --kernel,
+then have it listen and the source send:
+  caravel --api-socket /tmp/dst.sock &
+  caravel-remote --api-socket /tmp/dst.sock receive-migration unix:/tmp/mig.sock &
+  caravel-remote --api-socket /tmp/caravel.sock send-migration unix:/tmp/mig.sock
+
 Exit status: 0 when the guest powers off (or reboots with --no-reboot) or the
 VM is shut down through the API or SIGTERM; 1 when the guest crashes (triple
 fault, KVM internal error) or Caravel fails; 2 for a bad command line.";
@@ -51,7 +57,9 @@ fault, KVM internal error) or Caravel fails; 2 for a bad command line.";
 )]
 pub struct Args {
     /// Kernel: an ELF vmlinux (booted through its PVH entry when it has one) or a bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    /// Without it (and without --restore) Caravel starts with no VM and waits
+    /// for one to arrive through vm.receive-migration on --api-socket.
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "api_socket"])]
     pub kernel: Option<PathBuf>,
 
     /// Start from a snapshot instead of booting (see `--help`).
@@ -438,25 +446,59 @@ pub fn parse_restore(s: &str) -> Result<RestoreOption, OptionError> {
 }
 
 impl Args {
+    /// Whether this caravel starts without a VM and waits for a migration
+    /// (no `--kernel`, no `--restore`).
+    pub fn incoming(&self) -> bool {
+        self.kernel.is_none() && self.restore.is_none()
+    }
+
     /// `--restore`, checked.
     pub fn restore(&self) -> Result<Option<RestoreOption>, OptionError> {
         self.restore.as_deref().map(parse_restore).transpose()
     }
 
+    /// Without `--kernel`, the VM comes from a migration's source: options
+    /// that shape the VM are refused by name.
+    fn check_incoming(&self) -> Result<(), OptionError> {
+        let given: [(&'static str, bool); 7] = [
+            ("--initramfs", self.initramfs.is_some()),
+            ("--cmdline", self.cmdline.is_some()),
+            // (clap fills in their defaults: only other values are seen)
+            ("--cpus", self.cpus != "boot=1"),
+            ("--memory", self.memory != "size=512M"),
+            ("--disk", !self.disk.is_empty()),
+            ("--device", !self.device.is_empty()),
+            ("--rng", self.rng),
+        ];
+        match given.iter().find(|(_, g)| *g) {
+            Some((flag, _)) => Err(OptionError::new(
+                flag,
+                "a caravel without --kernel receives its VM through vm.receive-migration, \
+                 and the VM's shape and devices come from the source: drop this option \
+                 (or give --kernel to boot a VM here)",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Checks every option and builds the VM configuration. With
     /// `--restore` the payload is empty: the snapshot brings the VM.
     pub fn to_config(&self) -> Result<VmConfig, OptionError> {
-        let kernel = match (&self.kernel, &self.restore) {
-            (Some(k), _) => k.clone(),
-            (None, Some(_)) => PathBuf::new(),
-            (None, None) => {
+        let kernel = match (&self.kernel, &self.restore, &self.api_socket) {
+            (Some(k), _, _) => k.clone(),
+            (None, Some(_), _) => PathBuf::new(),
+            (None, None, Some(_)) => {
+                self.check_incoming()?;
+                PathBuf::new()
+            }
+            (None, None, None) => {
                 return Err(OptionError::new(
                     "--kernel",
-                    "a kernel is required (or --restore)",
+                    "a kernel is required (or --restore, or --api-socket to receive a migration)",
                 ))
             }
         };
-        if self.restore.is_none() {
+        if self.kernel.is_some() {
             readable_file("--kernel", &kernel)?;
         }
         if let Some(p) = &self.initramfs {

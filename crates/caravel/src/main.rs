@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     let mut vmm = match restore {
+        None if args.incoming() => Vmm::incoming(config),
         None => Vmm::new(config),
         Some(r) => match Vmm::restore(config, &r.dir, r.resume, r.prefault) {
             Ok(v) => v,
@@ -51,9 +52,10 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     match vmm.run() {
-        Ok(ExitReason::PowerOff) | Ok(ExitReason::Shutdown) | Ok(ExitReason::Reset) => {
-            ExitCode::SUCCESS
-        }
+        Ok(ExitReason::PowerOff)
+        | Ok(ExitReason::Shutdown)
+        | Ok(ExitReason::Reset)
+        | Ok(ExitReason::Migrated) => ExitCode::SUCCESS,
         Ok(ExitReason::Crash(msg)) => {
             eprintln!("caravel: the guest stopped abnormally: {msg}");
             ExitCode::from(1)

@@ -53,6 +53,34 @@ pub enum Command {
         #[arg(value_name = "file:///DIR")]
         destination_url: String,
     },
+    /// Live-migrate the VM to a caravel waiting in receive-migration: memory
+    /// is copied while the guest runs (pre-copy), then the guest pauses for
+    /// the rest and continues there; this caravel then exits 0. On any
+    /// failure the guest keeps running here. Prints a line per pass on a
+    /// terminal and the final figures as JSON.
+    SendMigration {
+        /// Where the destination listens: unix:/path or tcp:HOST:PORT.
+        #[arg(value_name = "URL")]
+        destination_url: String,
+        /// Same-host migration handing memory over as file descriptors
+        /// (not supported yet: refused with a message).
+        #[arg(long)]
+        local: bool,
+        /// The pause the guest may see, in milliseconds: pre-copy stops when
+        /// what is left fits it.
+        #[arg(long, value_name = "MS", default_value_t = 300)]
+        downtime: u64,
+        /// Most passes over memory before pausing the guest anyway.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        max_iterations: u32,
+    },
+    /// Wait for a migrating VM on URL and run it (on a caravel started with
+    /// --api-socket and no --kernel). Returns when the VM runs here.
+    ReceiveMigration {
+        /// Where to listen: unix:/path or tcp:HOST:PORT (tcp:0.0.0.0:PORT for any).
+        #[arg(value_name = "URL")]
+        receiver_url: String,
+    },
     /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
     Resize {
         /// Total RAM wanted, e.g. 768M (boot size + a multiple of the block size).
@@ -144,6 +172,70 @@ fn wait_for_plug(args: &RemoteArgs, timeout: Duration) -> Outcome {
     }
 }
 
+/// Prints a line to stderr for each pass of a migration being sent, read
+/// from `vm.info` (which the source answers while it migrates).
+struct ProgressWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressWatcher {
+    fn start(socket: PathBuf) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut shown = (0, None);
+            while !flag.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(200));
+                let Ok(r) = client::request(
+                    &socket,
+                    Method::Get,
+                    "/api/v1/vm.info",
+                    None,
+                    Duration::from_secs(5),
+                ) else {
+                    continue;
+                };
+                let Some(m) = r
+                    .body
+                    .and_then(|b| serde_json::from_slice::<VmInfoResponse>(&b).ok())
+                    .and_then(|i| i.migration)
+                else {
+                    continue;
+                };
+                let key = (m.iterations, Some(m.phase));
+                if key != shown {
+                    shown = key;
+                    eprintln!(
+                        "migration: {:?}, pass {}: {} MiB sent, {} MiB dirty ({} MiB/s dirtied, {} MiB/s sent), {:.1} s",
+                        m.phase,
+                        m.iterations,
+                        m.memory_bytes >> 20,
+                        m.dirty_bytes >> 20,
+                        m.dirty_rate >> 20,
+                        m.throughput >> 20,
+                        m.total_ms as f64 / 1e3
+                    );
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs one command.
 pub fn run(args: &RemoteArgs) -> Outcome {
     let mut body = None;
@@ -161,6 +253,32 @@ pub fn run(args: &RemoteArgs) -> Outcome {
                     .into_bytes(),
             );
             (Method::Put, "vm.snapshot")
+        }
+        Command::SendMigration {
+            destination_url,
+            local,
+            downtime,
+            max_iterations,
+        } => {
+            body = Some(
+                serde_json::json!({
+                    "destination_url": destination_url,
+                    "local": local,
+                    "downtime_ms": downtime,
+                    "max_iterations": max_iterations,
+                })
+                .to_string()
+                .into_bytes(),
+            );
+            (Method::Put, "vm.send-migration")
+        }
+        Command::ReceiveMigration { receiver_url } => {
+            body = Some(
+                serde_json::json!({ "receiver_url": receiver_url })
+                    .to_string()
+                    .into_bytes(),
+            );
+            (Method::Put, "vm.receive-migration")
         }
         Command::Resize { memory, .. } => match arch::parse_size(memory) {
             Ok(bytes) => {
@@ -180,17 +298,27 @@ pub fn run(args: &RemoteArgs) -> Outcome {
         },
     };
     let path = format!("{}{endpoint}", api::API_PREFIX);
+    // Progress lines while a migration is sent, on a terminal.
+    let watcher = matches!(args.command, Command::SendMigration { .. })
+        .then(|| std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .filter(|&tty| tty)
+        .map(|_| ProgressWatcher::start(args.api_socket.clone()));
     let result = client::request(
         &args.api_socket,
         method,
         &path,
         body.as_deref(),
-        // Writing a snapshot takes as long as guest memory needs.
+        // Writing a snapshot takes as long as guest memory needs; a
+        // migration as long as memory and the network need.
         Duration::from_secs(match args.command {
             Command::Snapshot { .. } => args.timeout.max(600),
+            Command::SendMigration { .. } | Command::ReceiveMigration { .. } => {
+                args.timeout.max(3600)
+            }
             _ => args.timeout,
         }),
     );
+    drop(watcher);
     if let (
         Ok(r),
         Command::Resize {

@@ -28,7 +28,13 @@ pub use device::{ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, V
 /// Guest memory as devices see it: a view the VMM can replace while devices
 /// run (it leaves out unplugged virtio-mem blocks, and follows plugs and
 /// unplugs). Workers load the current view for each batch of requests.
-pub type DeviceMemory = vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap>;
+pub type DeviceMemory = vm_memory::GuestMemoryAtomic<DeviceRam>;
+
+/// One view of guest memory for devices: every write through it (used
+/// rings, device-writable buffers, block reads) sets the page's bit in the
+/// region's dirty bitmap, which live migration collects next to KVM's dirty
+/// log of vCPU writes.
+pub type DeviceRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// virtio device type IDs (virtio 1.2 §5).
 pub mod device_type {

@@ -29,6 +29,9 @@ pub const MAX_CONNECTIONS: usize = 16;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `vm.snapshot` may take before the client hears 504.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a migration may take (sending, or waiting for a source and
+/// receiving) before the client hears 504.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// State the API reads without involving the VMM thread.
 #[derive(Debug, Clone)]
@@ -49,6 +52,18 @@ pub struct ApiShared {
     pub kvm_stats: Option<Arc<crate::kvm_stats::KvmStats>>,
     /// Console output dropped because the host did not read (`vm.counters`).
     pub output_dropped: Option<OutputDropped>,
+    /// The current or last live migration.
+    pub migration: Option<api::types::MigrationInfo>,
+}
+
+impl ApiShared {
+    /// Whether a migration is under way (the VM must not change meanwhile).
+    pub fn migrating(&self) -> bool {
+        use api::types::MigrationPhase::*;
+        self.migration
+            .as_ref()
+            .is_some_and(|m| matches!(m.phase, Setup | Precopy | Stopped))
+    }
 }
 
 /// Counters of console bytes the host did not take (the buffer was full).
@@ -101,6 +116,10 @@ pub enum ApiCommand {
         /// Boot RAM plus hotplugged memory, in bytes.
         desired_ram: u64,
     },
+    /// Live-migrate the VM to another Caravel (`vm.send-migration`).
+    SendMigration(crate::migration::send::SendOptions),
+    /// Wait for a migrating VM and run it (`vm.receive-migration`).
+    ReceiveMigration(crate::migration::Endpoint),
 }
 
 /// A command with the channel its response goes to.
@@ -149,6 +168,13 @@ impl Connections {
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
             .collect();
+        // Answers already handed to a connection (vm.shutdown's, or
+        // vm.send-migration's before the source exits) get a moment to be
+        // written before the sockets are cut.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while live.iter().any(|(t, _)| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for (t, s) in live {
             let _ = s.shutdown(std::net::Shutdown::Both);
             let _ = t.join();
@@ -360,10 +386,10 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let shutdown = cmd == ApiCommand::Shutdown;
     // Writing a snapshot takes as long as the disk needs for guest memory.
-    let timeout = if matches!(cmd, ApiCommand::Snapshot { .. }) {
-        SNAPSHOT_TIMEOUT
-    } else {
-        COMMAND_TIMEOUT
+    let timeout = match cmd {
+        ApiCommand::Snapshot { .. } => SNAPSHOT_TIMEOUT,
+        ApiCommand::SendMigration(_) | ApiCommand::ReceiveMigration(_) => MIGRATION_TIMEOUT,
+        _ => COMMAND_TIMEOUT,
     };
     // A shutdown that finds the VM already stopped (a second, concurrent
     // vm.shutdown) has what it asked for.
@@ -393,6 +419,39 @@ fn send_command(ctx: &ServerContext, cmd: ApiCommand) -> Response {
     }
 }
 
+fn send_migration(ctx: &ServerContext, body: &[u8]) -> Response {
+    use crate::migration::send::{SendOptions, DEFAULT_DOWNTIME, DEFAULT_MAX_ITERATIONS};
+    let d = match api::types::from_json_object::<api::types::VmSendMigrationData>(body) {
+        Ok(d) => d,
+        Err(e) => {
+            return Response::error(
+                400,
+                &format!(
+                    "vm.send-migration body: {e} (expected {{\"destination_url\": \"unix:/path\"}})"
+                ),
+            )
+        }
+    };
+    let to = match crate::migration::Endpoint::parse("destination_url", &d.destination_url) {
+        Ok(to) => to,
+        Err(e) => return Response::error(400, &e.to_string()),
+    };
+    if d.max_iterations == Some(0) {
+        return Response::error(400, "max_iterations must be at least 1");
+    }
+    send_command(
+        ctx,
+        ApiCommand::SendMigration(SendOptions {
+            to,
+            local: d.local,
+            downtime: d
+                .downtime_ms
+                .map_or(DEFAULT_DOWNTIME, Duration::from_millis),
+            max_iterations: d.max_iterations.unwrap_or(DEFAULT_MAX_ITERATIONS),
+        }),
+    )
+}
+
 /// Known endpoints and the method each accepts (`docs/api.yaml` lists the
 /// same; a test compares them).
 pub const ENDPOINTS: &[(&str, Method)] = &[
@@ -404,6 +463,8 @@ pub const ENDPOINTS: &[(&str, Method)] = &[
     ("vm.resume", Method::Put),
     ("vm.resize", Method::Put),
     ("vm.snapshot", Method::Put),
+    ("vm.send-migration", Method::Put),
+    ("vm.receive-migration", Method::Put),
     ("vmm.shutdown", Method::Put),
 ];
 
@@ -435,6 +496,7 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                 boot_count: s.boot_count,
                 devices: s.devices,
                 memory,
+                migration: s.migration,
             })
         }
         "vm.counters" => {
@@ -462,6 +524,19 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
             }
             json(&counters)
         }
+        "vm.pause" | "vm.resume" | "vm.resize" | "vm.snapshot" | "vm.send-migration"
+        | "vm.receive-migration"
+            if ctx
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .migrating() =>
+        {
+            Response::error(
+                409,
+                &format!("{endpoint}: a migration is under way (see vm.info's migration)"),
+            )
+        }
         "vm.shutdown" | "vmm.shutdown" => send_command(ctx, ApiCommand::Shutdown),
         "vm.pause" => send_command(ctx, ApiCommand::Pause),
         "vm.resume" => send_command(ctx, ApiCommand::Resume),
@@ -479,6 +554,21 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                         destination_url: c.destination_url,
                     },
                 ),
+            }
+        }
+        "vm.send-migration" => send_migration(ctx, &req.body),
+        "vm.receive-migration" => {
+            match api::types::from_json_object::<api::types::VmReceiveMigrationData>(&req.body) {
+                Err(e) => Response::error(
+                    400,
+                    &format!(
+                        "vm.receive-migration body: {e} (expected {{\"receiver_url\": \"unix:/path\"}})"
+                    ),
+                ),
+                Ok(d) => match crate::migration::Endpoint::parse("receiver_url", &d.receiver_url) {
+                    Err(e) => Response::error(400, &e.to_string()),
+                    Ok(at) => send_command(ctx, ApiCommand::ReceiveMigration(at)),
+                },
             }
         }
         "vm.resize" => match api::types::from_json_object::<api::types::VmResizeRequest>(&req.body)
@@ -514,6 +604,7 @@ mod tests {
             memory_device: None,
             kvm_stats: None,
             output_dropped: None,
+            migration: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))

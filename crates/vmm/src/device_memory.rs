@@ -11,10 +11,12 @@
 //! unplug discards memory, and each rebuilds the view.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio::DeviceMemory;
-use vm_memory::GuestMemoryMmap;
+use virtio::{DeviceMemory, DeviceRam};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::{GuestRam, HostMapping};
 use crate::{Error, Result};
@@ -28,6 +30,9 @@ pub struct DeviceMemoryView {
     hotplug: Option<(u64, Arc<HostMapping>)>,
     /// Plugged runs of the hotplug region: offset -> length, never adjacent.
     plugged: Mutex<BTreeMap<u64, u64>>,
+    /// Bumped by every rebuild of the view: a rebuild starts fresh dirty
+    /// bitmaps, so a migration that sees it change sends all of the view.
+    generation: AtomicU64,
 }
 
 impl DeviceMemoryView {
@@ -45,7 +50,33 @@ impl DeviceMemoryView {
             boot,
             hotplug,
             plugged: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// How many times the view was rebuilt (plugs and unplugs).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The plugged runs of the hotplug region as (guest address, length).
+    pub fn plugged_runs(&self) -> Vec<(u64, u64)> {
+        let Some((base, _)) = &self.hotplug else {
+            return Vec::new();
+        };
+        let plugged = self.plugged.lock().unwrap_or_else(|e| e.into_inner());
+        plugged.iter().map(|(&o, &l)| (base + o, l)).collect()
+    }
+
+    /// Hands `f` the pages devices wrote since the last call, region by
+    /// region: (guest address of the region, one bit per host page), and
+    /// clears them.
+    pub fn take_dirty(&self, mut f: impl FnMut(u64, &[u64])) {
+        let view = self.memory.memory();
+        for region in view.iter() {
+            let mmap: &vm_memory::MmapRegion<AtomicBitmap> = region;
+            f(region.start_addr().0, &mmap.bitmap().get_and_reset());
+        }
     }
 
     /// The view to hand to devices (clones follow every update).
@@ -74,6 +105,7 @@ impl DeviceMemoryView {
         // Replace under the view's own lock: workers load the new view for
         // their next batch of requests.
         self.memory.lock().map_err(|e| e.to_string())?.replace(view);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         *plugged = next;
         Ok(())
     }
@@ -83,7 +115,7 @@ fn build(
     boot: &[(u64, Arc<HostMapping>)],
     hotplug: Option<&(u64, Arc<HostMapping>)>,
     plugged: &BTreeMap<u64, u64>,
-) -> Result<GuestMemoryMmap> {
+) -> Result<DeviceRam> {
     let mut regions = Vec::new();
     for (gpa, m) in boot {
         regions.push(m.region(0, m.len() as u64, *gpa)?);
@@ -93,7 +125,7 @@ fn build(
             regions.push(m.region(offset, len, base + offset)?);
         }
     }
-    GuestMemoryMmap::from_regions(regions)
+    DeviceRam::from_regions(regions)
         .map_err(|e| Error::Memory(format!("device view of guest memory: {e}")))
 }
 

@@ -37,6 +37,43 @@ pub fn lock_disk(file: &File, path: &Path, readonly: bool) -> Result<()> {
     Err(Error::config("--disk", msg))
 }
 
+/// The lock a VM holds on one disk image, through its own handle on the
+/// image's open file (a `flock` belongs to the open file, so this handle
+/// can give it up and take it again while the device keeps the file).
+#[derive(Debug)]
+pub struct DiskLock {
+    file: File,
+    path: std::path::PathBuf,
+    readonly: bool,
+}
+
+impl DiskLock {
+    /// Locks `file` (the image at `path`) as [`lock_disk`] does and keeps
+    /// a handle to release and retake the lock.
+    pub fn take(file: &File, path: &Path, readonly: bool) -> Result<Self> {
+        lock_disk(file, path, readonly)?;
+        let file = file
+            .try_clone()
+            .map_err(Error::io(format!("{}: dup", path.display())))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            readonly,
+        })
+    }
+
+    /// Gives the lock up (a migration's destination takes it next).
+    pub fn release(&self) {
+        // SAFETY: flock on an fd this value owns; no memory is involved.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
+    /// Takes the lock again after [`DiskLock::release`].
+    pub fn retake(&self) -> Result<()> {
+        lock_disk(&self.file, &self.path, self.readonly)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +90,20 @@ mod tests {
             .write(true)
             .open(p)
             .unwrap()
+    }
+
+    #[test]
+    fn a_released_lock_can_be_taken_by_another_and_retaken_after() {
+        let p = image("release");
+        let (a, b) = (open(&p), open(&p));
+        let lock = DiskLock::take(&a, &p, false).unwrap();
+        assert!(lock_disk(&b, &p, false).is_err());
+        lock.release();
+        lock_disk(&b, &p, false).unwrap();
+        assert!(lock.retake().is_err(), "b holds it now");
+        drop(b);
+        lock.retake().unwrap();
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum Error {
     /// A snapshot cannot be taken or restored.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A live migration failed (the source keeps running the guest).
+    #[error("migration: {0}")]
+    Migration(String),
     /// The sandbox cannot be installed.
     #[error("{0} (use --seccomp false to run without a sandbox)")]
     Seccomp(String),

@@ -14,6 +14,9 @@ pub enum ExitReason {
     Reset,
     /// The host asked the VM to stop (API `vm.shutdown`, SIGTERM).
     Shutdown,
+    /// The guest moved to another Caravel (`vm.send-migration`) and runs
+    /// there now.
+    Migrated,
     /// The guest crashed or KVM failed; the message says how (exit reason,
     /// registers).
     Crash(String),

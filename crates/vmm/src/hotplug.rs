@@ -7,11 +7,11 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
 use virtio::mem::MemBackend;
 
 use crate::device_memory::DeviceMemoryView;
 use crate::memory::HostMapping;
+use crate::ram_slots::RamSlots;
 
 /// The VFIO containers of the VM's passed-through devices: plugged blocks
 /// are DMA-mapped into each, unplugged ones unmapped.
@@ -19,7 +19,7 @@ pub type DmaTargets = Arc<Mutex<Vec<Arc<vfio::container::Container>>>>;
 
 /// Carries out virtio-mem effects on one VM.
 pub struct HotplugBackend {
-    vm: Arc<VmFd>,
+    ram_slots: Arc<RamSlots>,
     mapping: Arc<HostMapping>,
     base: u64,
     slot_size: u64,
@@ -33,7 +33,7 @@ impl HotplugBackend {
     /// `slot_size` slots, one KVM memory slot each from `slots` (taken from
     /// the VM's `MemSlots`).
     pub fn new(
-        vm: Arc<VmFd>,
+        ram_slots: Arc<RamSlots>,
         mapping: Arc<HostMapping>,
         base: u64,
         slot_size: u64,
@@ -42,7 +42,7 @@ impl HotplugBackend {
         view: Arc<DeviceMemoryView>,
     ) -> Self {
         Self {
-            vm,
+            ram_slots,
             mapping,
             base,
             slot_size,
@@ -72,7 +72,7 @@ impl HotplugBackend {
         // SAFETY: the slot covers `slot_size` bytes inside `mapping` (checked
         // above), which this backend keeps alive (Arc) for as long as it holds
         // the VM fd; removing a slot (size 0) has no memory preconditions.
-        unsafe { self.vm.set_user_memory_region(region) }
+        unsafe { self.ram_slots.set(region) }
             .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))
     }
 }

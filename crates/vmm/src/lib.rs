@@ -19,10 +19,12 @@ mod hotplug;
 pub mod interrupt;
 pub mod kvm_stats;
 pub mod memory;
+pub mod migration;
 mod memslots;
 pub mod output;
 mod pci_segment;
 mod platform;
+mod ram_slots;
 pub mod seccomp;
 pub mod snapshot;
 #[doc(hidden)]

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::VmFd;
+use vm_memory::bitmap::NewBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
@@ -168,7 +168,14 @@ impl HostMapping {
     /// guest address `gpa`. The region does not own the memory: whoever
     /// holds it must not use it after this mapping is dropped (a VM's
     /// teardown stops every user of its memory before it unmaps RAM).
-    pub fn region(&self, offset: u64, len: u64, gpa: u64) -> Result<GuestRegionMmap> {
+    /// The region's bitmap `B` starts clean (`()` for none; an
+    /// `AtomicBitmap` tracks writes made through the region).
+    pub fn region<B: NewBitmap>(
+        &self,
+        offset: u64,
+        len: u64,
+        gpa: u64,
+    ) -> Result<GuestRegionMmap<B>> {
         self.check(offset, len).map_err(|_| {
             Error::Memory(format!(
                 "{len:#x} bytes at {offset:#x} are outside the mapping"
@@ -178,7 +185,7 @@ impl HostMapping {
         // (checked above); the caller keeps the mapping alive while the
         // region is used (see above).
         let region = unsafe {
-            MmapRegionBuilder::new(len as usize)
+            MmapRegionBuilder::new_with_bitmap(len as usize, B::with_len(len as usize))
                 .with_raw_mmap_pointer(self.addr.add(offset as usize))
         }
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
@@ -340,7 +347,11 @@ impl GuestRam {
     ///
     /// The caller must keep `self` alive for as long as `vm` can run vCPUs:
     /// the slots point at its host mappings.
-    pub fn register_boot(&self, vm: &VmFd, slots: &mut crate::memslots::MemSlots) -> Result<()> {
+    pub fn register_boot(
+        &self,
+        ram_slots: &crate::ram_slots::RamSlots,
+        slots: &mut crate::memslots::MemSlots,
+    ) -> Result<()> {
         let taken = slots.take(self.boot_regions as u32, "--memory", "boot RAM")?;
         for (slot, region) in taken.zip(self.memory.iter().take(self.boot_regions)) {
             let r = kvm_userspace_memory_region {
@@ -354,8 +365,7 @@ impl GuestRam {
             // bytes owned by this GuestRam, which the VM owner keeps until
             // after the VM fd (and with it every vCPU) is closed; see `Vm`'s
             // field order.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { ram_slots.set(r) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(())
     }

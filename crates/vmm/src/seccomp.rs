@@ -290,6 +290,16 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_mkdirat,
                     libc::SYS_renameat,
                     libc::SYS_renameat2,
+                    // Live migration: listening, connecting, the stream.
+                    libc::SYS_bind,
+                    libc::SYS_listen,
+                    libc::SYS_setsockopt,
+                    libc::SYS_getsockopt,
+                    libc::SYS_getsockname,
+                    libc::SYS_sendto,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendmsg,
+                    libc::SYS_recvmsg,
                 ],
             );
             // Disks and virtio-mem memfds, as the workers use them.
@@ -303,6 +313,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_pipe,
                     libc::SYS_mkdir,
                     libc::SYS_rename,
+                    libc::SYS_accept,
                 ],
             );
         }

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::device_memory::DeviceMemoryView;
+use crate::disk_lock::DiskLock;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::hotplug::DmaTargets;
@@ -20,6 +21,7 @@ use crate::kvm_stats::KvmStats;
 use crate::memslots::MemSlots;
 use crate::pci_segment::PciSegment;
 use crate::platform::{self, MemoryLayout};
+use crate::ram_slots::RamSlots;
 use crate::vcpu::{self, VcpuContext, VcpuHandle};
 use crate::vm_devices;
 use crate::{memory, Error, Result};
@@ -50,6 +52,12 @@ pub struct Vm {
     ram_size: u64,
     /// Bytes of virtio-console output dropped because the host did not read.
     console_dropped: Arc<AtomicU64>,
+    /// What devices see of guest memory (and what they wrote).
+    view: Arc<DeviceMemoryView>,
+    /// Guest RAM's KVM slots (and what vCPUs wrote).
+    ram_slots: Arc<RamSlots>,
+    /// The locks on the disk images.
+    disk_locks: Vec<DiskLock>,
     vm_fd: Arc<VmFd>,
     ram: memory::GuestRam,
 }
@@ -65,7 +73,7 @@ impl Vm {
         events: Option<Arc<EventMonitor>>,
         hotplug_requested: Option<u64>,
     ) -> Result<Self> {
-        Self::build(cfg, serial_out, events, hotplug_requested, true)
+        Self::build(cfg, serial_out, events, hotplug_requested, true, None)
     }
 
     /// Builds the VM of `cfg` for a restore: devices and vCPUs as
@@ -76,7 +84,29 @@ impl Vm {
         serial_out: SerialOutput,
         events: Option<Arc<EventMonitor>>,
     ) -> Result<Self> {
-        Self::build(cfg, serial_out, events, None, false)
+        Self::build(cfg, serial_out, events, None, false, None)
+    }
+
+    /// Builds the VM of `cfg` for a restore into `ram`, guest memory that
+    /// already holds the saved VM's (made by [`Vm::guest_ram`] for the same
+    /// `cfg`: a live migration's destination receives memory first).
+    pub fn new_for_migration(
+        cfg: &VmConfig,
+        serial_out: SerialOutput,
+        events: Option<Arc<EventMonitor>>,
+        ram: memory::GuestRam,
+    ) -> Result<Self> {
+        Self::build(cfg, serial_out, events, None, false, Some(ram))
+    }
+
+    /// Maps guest memory for `cfg`: boot RAM and the virtio-mem region.
+    pub fn guest_ram(cfg: &VmConfig) -> Result<memory::GuestRam> {
+        let mem_layout = MemoryLayout::new(cfg.memory.size);
+        let hotplug_region = cfg
+            .memory
+            .hotplug
+            .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
+        memory::GuestRam::with_backing(&mem_layout.ram_ranges(), hotplug_region, backing(cfg))
     }
 
     fn build(
@@ -85,6 +115,7 @@ impl Vm {
         events: Option<Arc<EventMonitor>>,
         hotplug_requested: Option<u64>,
         load_payload: bool,
+        ram: Option<memory::GuestRam>,
     ) -> Result<Self> {
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
@@ -102,20 +133,19 @@ impl Vm {
         let (vcpus, mut arch_state) = platform::create_vcpus(&kvm, &vm_fd, nr_vcpus)?;
 
         let mem_layout = MemoryLayout::new(cfg.memory.size);
-        let backing = match (cfg.memory.shared, cfg.memory.hugepages) {
-            (_, true) => memory::Backing::HugeTlb,
-            (true, false) => memory::Backing::Shared,
-            (false, false) => memory::Backing::Anonymous,
-        };
+        let backing = backing(cfg);
         let hotplug_region = cfg
             .memory
             .hotplug
             .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
-        let ram =
-            memory::GuestRam::with_backing(&mem_layout.ram_ranges(), hotplug_region, backing)?;
+        let ram = match ram {
+            Some(r) => r,
+            None => Self::guest_ram(cfg)?,
+        };
         // Every KVM memory slot of this VM comes from here, in build order.
         let mut slots = MemSlots::new(kvm.get_nr_memslots() as u32);
-        ram.register_boot(&vm_fd, &mut slots)?;
+        let ram_slots = Arc::new(RamSlots::new(vm_fd.clone()));
+        ram.register_boot(&ram_slots, &mut slots)?;
         let memory = &ram.memory;
 
         let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
@@ -139,13 +169,14 @@ impl Vm {
             hotplug_region.map(|(base, _)| base),
         )?);
         let console_dropped = Arc::new(AtomicU64::new(0));
-        vm_devices::add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
+        let disk_locks =
+            vm_devices::add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => Some(vm_devices::add_memory_device(
                 &mut pci,
                 vm_devices::HotplugParts {
-                    vm: &vm_fd,
+                    ram_slots: &ram_slots,
                     config: h,
                     base,
                     mapping,
@@ -196,6 +227,9 @@ impl Vm {
             events,
             ram_size: mem_layout.ram_size(),
             console_dropped,
+            view,
+            ram_slots,
+            disk_locks,
         })
     }
 
@@ -310,6 +344,53 @@ impl Vm {
             threads.handles.push(h);
         }
         Ok(RunningVm { threads, vm: self })
+    }
+}
+
+/// What backs guest memory for `cfg`.
+fn backing(cfg: &VmConfig) -> memory::Backing {
+    match (cfg.memory.shared, cfg.memory.hugepages) {
+        (_, true) => memory::Backing::HugeTlb,
+        (true, false) => memory::Backing::Shared,
+        (false, false) => memory::Backing::Anonymous,
+    }
+}
+
+/// What a live migration uses of a VM.
+impl Vm {
+    /// Guest RAM with its host mappings.
+    pub fn ram(&self) -> &memory::GuestRam {
+        &self.ram
+    }
+
+    /// Guest RAM's KVM slots, with their dirty logging.
+    pub(crate) fn ram_slots(&self) -> &RamSlots {
+        &self.ram_slots
+    }
+
+    /// The devices' view of guest memory, with their dirty bitmaps.
+    pub(crate) fn device_view(&self) -> &DeviceMemoryView {
+        &self.view
+    }
+
+    /// Names of the passed-through devices (they cannot be migrated).
+    pub fn vfio_names(&self) -> Vec<String> {
+        self.pci
+            .vfio_devices()
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+
+    /// Gives up the locks on the disk images (a paused VM whose
+    /// migration's destination opens them next).
+    pub fn release_disks(&self) {
+        self.disk_locks.iter().for_each(DiskLock::release);
+    }
+
+    /// Takes the disk locks again (the migration failed).
+    pub fn retake_disks(&self) -> Result<()> {
+        self.disk_locks.iter().try_for_each(DiskLock::retake)
     }
 }
 

@@ -14,10 +14,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::config::{ConsoleConfig, HotplugConfig, VmConfig};
 use crate::console;
 use crate::device_memory::DeviceMemoryView;
+use crate::disk_lock::DiskLock;
 use crate::events::EventMonitor;
 use crate::hotplug::{DmaTargets, HotplugBackend};
 use crate::memory::HostMapping;
 use crate::memslots::MemSlots;
+use crate::ram_slots::RamSlots;
 use crate::pci_segment::PciSegment;
 use crate::platform;
 use crate::{Error, Result};
@@ -39,8 +41,8 @@ pub fn serial(vm: &VmFd, out: SerialOutput) -> Result<(Arc<Mutex<SerialDevice>>,
 
 /// What the virtio-mem device and its backend are built from.
 pub struct HotplugParts<'a> {
-    /// The VM (for its memory slots).
-    pub vm: &'a Arc<VmFd>,
+    /// The VM's RAM slots (the region's slots join them).
+    pub ram_slots: &'a Arc<RamSlots>,
     /// `--memory`'s hotplug part.
     pub config: HotplugConfig,
     /// Guest address of the region.
@@ -73,7 +75,7 @@ pub fn add_memory_device(
         &format!("hotplug_size={}", arch::format_size(h.hotplug_size)),
     )?;
     let backend = Arc::new(HotplugBackend::new(
-        p.vm.clone(),
+        p.ram_slots.clone(),
         p.mapping.clone(),
         p.base,
         h.slot_size(),
@@ -146,12 +148,14 @@ pub fn add_vfio_devices(
 }
 
 /// Creates the configured virtio devices on `pci`: disks, console, rng.
+/// Returns the locks taken on the disk images.
 pub fn add_virtio_devices(
     cfg: &VmConfig,
     pci: &mut PciSegment,
     mem: &virtio::DeviceMemory,
     console_dropped: &Arc<AtomicU64>,
-) -> Result<()> {
+) -> Result<Vec<DiskLock>> {
+    let mut locks = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -171,7 +175,7 @@ pub fn add_virtio_devices(
                     ),
                 )
             })?;
-        crate::disk_lock::lock_disk(&file, &d.path, d.readonly)?;
+        locks.push(DiskLock::take(&file, &d.path, d.readonly)?);
         let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
         let disk = virtio::block::Disk::new(file, d.readonly, &id)
             .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;
@@ -202,5 +206,5 @@ pub fn add_virtio_devices(
             mem.clone(),
         )?;
     }
-    Ok(())
+    Ok(locks)
 }

@@ -80,6 +80,8 @@ pub struct Vmm {
     config: VmConfig,
     signal_event: Option<Arc<EventFd>>,
     restore: Option<Restore>,
+    /// Start without a VM and wait for `vm.receive-migration`.
+    incoming: bool,
 }
 
 impl Vmm {
@@ -89,6 +91,18 @@ impl Vmm {
             config,
             signal_event: None,
             restore: None,
+            incoming: false,
+        }
+    }
+
+    /// A VMM without a VM that waits for one to arrive through
+    /// `vm.receive-migration` on its API socket (`host` gives the API
+    /// socket, output, sandbox and reboot policy; the VM's shape comes
+    /// from the source).
+    pub fn incoming(host: VmConfig) -> Self {
+        Self {
+            incoming: true,
+            ..Self::new(host)
         }
     }
 
@@ -114,6 +128,7 @@ impl Vmm {
                 resume,
                 prefault,
             }),
+            incoming: false,
         })
     }
 
@@ -145,10 +160,9 @@ impl Vmm {
     /// returns the final exit reason.
     pub fn run(mut self) -> Result<ExitReason> {
         let mut restore = self.restore.take();
-        let cfg = &self.config;
         // Threads started from here on install their filters.
-        crate::seccomp::set_mode(cfg.seccomp);
-        let events = match &cfg.event_monitor {
+        crate::seccomp::set_mode(self.config.seccomp);
+        let events = match &self.config.event_monitor {
             Some(p) => Some(Arc::new(EventMonitor::create(p).map_err(|e| {
                 Error::config(
                     "--event-monitor",
@@ -167,21 +181,17 @@ impl Vmm {
         let shared = Arc::new(Mutex::new(ApiShared {
             state: VmState::Created,
             boot_count: 0,
-            config: serde_json::to_value(cfg).unwrap_or_default(),
+            config: serde_json::to_value(&self.config).unwrap_or_default(),
             devices: Vec::new(),
-            boot_size: cfg.memory.size,
+            boot_size: self.config.memory.size,
             memory_device: None,
             kvm_stats: None,
             output_dropped: None,
+            migration: None,
         }));
-        // The last vm.resize, carried across guest reboots.
-        let mut hotplug_requested: Option<u64> = restore
-            .as_ref()
-            .and_then(|r| r.snapshot.vm.memory_device())
-            .map(|m| m.requested_size);
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
-        let api = match &cfg.api_socket {
+        let api = match &self.config.api_socket {
             Some(path) => Some(ApiServer::start(path, shared.clone())?),
             None => None,
         };
@@ -189,52 +199,103 @@ impl Vmm {
             Some((s, c)) => (Some(s), Some(c)),
             None => (None, None),
         };
-        let _raw = (cfg.serial == ConsoleConfig::Tty || cfg.console == ConsoleConfig::Tty)
+        let _raw = (self.config.serial == ConsoleConfig::Tty
+            || self.config.console == ConsoleConfig::Tty)
             .then(RawTerminal::enter);
         // The sandbox: from here on this thread, and every thread it starts,
         // runs under its seccomp filter.
         crate::seccomp::apply(crate::seccomp::ThreadKind::Vmm).map_err(Error::Seccomp)?;
 
         let serial_dropped = Arc::new(AtomicU64::new(0));
-        loop {
-            let out = console::open_output(
-                &cfg.serial,
-                "--serial",
-                "serial-out",
-                serial_dropped.clone(),
-            )?;
-            let (vm, paused) = match restore.take() {
-                Some(r) => {
-                    let vm = Vm::new_for_restore(cfg, out, events.clone())?;
-                    let report =
-                        crate::snapshot::files::restore(&vm, &r.snapshot, &r.dir, r.prefault)?;
-                    log::info!(
-                        "restored {} ({} MiB of memory {}) in {:?}",
-                        r.dir.display(),
-                        report.memory_read >> 20,
-                        if report.mapped { "mapped" } else { "copied" },
-                        report.elapsed
-                    );
-                    emit(
-                        "restored",
-                        Some(
-                            serde_json::json!({"source": r.dir, "memory_read": report.memory_read}),
-                        ),
-                    );
-                    (vm, !r.resume)
+        // A migrated VM, already running.
+        let mut arrived = None;
+        if self.incoming {
+            let Some(api) = api_commands.as_ref() else {
+                return Err(Error::config(
+                    "--api-socket",
+                    "a caravel without --kernel waits for vm.receive-migration on its API socket: give --api-socket PATH",
+                ));
+            };
+            match self.wait_for_migration(api, &shared, &events, &serial_dropped)? {
+                None => {
+                    shared.lock().unwrap_or_else(|e| e.into_inner()).state = VmState::Shutdown;
+                    emit("shutdown", Some(serde_json::json!({"reason": "Shutdown"})));
+                    return Ok(ExitReason::Shutdown);
                 }
-                None => (Vm::new(cfg, out, events.clone(), hotplug_requested)?, false),
+                Some(r) => {
+                    self.config = r.config;
+                    shared.lock().unwrap_or_else(|e| e.into_inner()).config =
+                        serde_json::to_value(&self.config).unwrap_or_default();
+                    emit(
+                        "migrated",
+                        Some(serde_json::json!({"memory_bytes": r.info.memory_bytes})),
+                    );
+                    arrived = Some(r.vm);
+                }
+            }
+        }
+        let cfg = &self.config;
+        // The last vm.resize, carried across guest reboots.
+        let mut hotplug_requested: Option<u64> = match (&restore, &arrived) {
+            (Some(r), _) => r.snapshot.vm.memory_device().map(|m| m.requested_size),
+            (None, Some(vm)) => vm.vm().memory_device().map(|m| m.info().requested_size),
+            (None, None) => None,
+        };
+
+        loop {
+            let guest = match arrived.take() {
+                Some(running) => Guest::Running(running),
+                None => {
+                    let out = console::open_output(
+                        &cfg.serial,
+                        "--serial",
+                        "serial-out",
+                        serial_dropped.clone(),
+                    )?;
+                    match restore.take() {
+                        Some(r) => {
+                            let vm = Vm::new_for_restore(cfg, out, events.clone())?;
+                            let report = crate::snapshot::files::restore(
+                                &vm,
+                                &r.snapshot,
+                                &r.dir,
+                                r.prefault,
+                            )?;
+                            log::info!(
+                                "restored {} ({} MiB of memory {}) in {:?}",
+                                r.dir.display(),
+                                report.memory_read >> 20,
+                                if report.mapped { "mapped" } else { "copied" },
+                                report.elapsed
+                            );
+                            emit(
+                                "restored",
+                                Some(
+                                    serde_json::json!({"source": r.dir, "memory_read": report.memory_read}),
+                                ),
+                            );
+                            if r.resume {
+                                Guest::Running(vm.start()?)
+                            } else {
+                                Guest::Paused(vm)
+                            }
+                        }
+                        None => Guest::Running(
+                            Vm::new(cfg, out, events.clone(), hotplug_requested)?.start()?,
+                        ),
+                    }
+                }
             };
             {
+                let vm = guest.vm();
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.output_dropped = Some(crate::api_server::OutputDropped {
                     serial: serial_dropped.clone(),
                     console: vm.console_dropped(),
                 });
-                s.state = if paused {
-                    VmState::Paused
-                } else {
-                    VmState::Running
+                s.state = match guest {
+                    Guest::Paused(_) => VmState::Paused,
+                    Guest::Running(_) => VmState::Running,
                 };
                 s.boot_count += 1;
                 s.devices = vm.devices();
@@ -245,11 +306,6 @@ impl Vmm {
                 "booting",
                 Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
             );
-            let guest = if paused {
-                Guest::Paused(vm)
-            } else {
-                Guest::Running(vm.start()?)
-            };
             let reason = self.event_loop(
                 guest,
                 api_commands.as_ref(),
@@ -276,6 +332,179 @@ impl Vmm {
                     );
                     return Ok(r);
                 }
+            }
+        }
+    }
+
+    /// Without a VM: serves `vm.receive-migration` until a VM has arrived
+    /// (returned running) or the VMM is told to stop (`None`). A failed
+    /// migration is answered with its reason and the wait goes on.
+    fn wait_for_migration(
+        &self,
+        api: &ApiCommands,
+        shared: &Mutex<ApiShared>,
+        events: &Option<Arc<EventMonitor>>,
+        serial_dropped: &Arc<AtomicU64>,
+    ) -> Result<Option<crate::migration::receive::Received>> {
+        let epoll = Epoll::new().map_err(Error::io("epoll"))?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(api.wake.as_raw_fd(), TOKEN_API).map_err(Error::io("epoll"))?;
+        if let Some(sig) = &self.signal_event {
+            add(sig.as_raw_fd(), TOKEN_SIGNAL).map_err(Error::io("epoll"))?;
+        }
+        let progress = |info: &api::types::MigrationInfo| {
+            shared.lock().unwrap_or_else(|e| e.into_inner()).migration = Some(info.clone());
+        };
+        let mut events_buf = vec![EpollEvent::default(); 4];
+        loop {
+            let n = match epoll.wait(-1, &mut events_buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("epoll_wait")(e)),
+            };
+            for ev in &events_buf[..n] {
+                if ev.data() == TOKEN_SIGNAL {
+                    log::info!("termination signal while waiting for a migration: exiting");
+                    return Ok(None);
+                }
+            }
+            let _ = api.wake.read();
+            while let Ok((cmd, reply)) = api.rx.try_recv() {
+                match cmd {
+                    ApiCommand::Shutdown => {
+                        let _ = reply.send(Response::no_content());
+                        return Ok(None);
+                    }
+                    ApiCommand::ReceiveMigration(at) => {
+                        let cancel = self.signal_event.as_ref().map(|e| e.as_raw_fd());
+                        let mut make_vm = |cfg: &VmConfig, ram| {
+                            let out = console::open_output(
+                                &cfg.serial,
+                                "--serial",
+                                "serial-out",
+                                serial_dropped.clone(),
+                            )?;
+                            Vm::new_for_migration(cfg, out, events.clone(), ram)
+                        };
+                        let result = crate::migration::Listener::bind(&at).and_then(|l| {
+                            log::info!("waiting for a migration on {at:?}");
+                            let conn = l.accept(cancel).map_err(Error::io("accept"))?;
+                            let Some(mut conn) = conn else {
+                                return Ok(None);
+                            };
+                            crate::migration::receive::receive(
+                                &mut conn,
+                                &self.config,
+                                &mut make_vm,
+                                &progress,
+                            )
+                            .map(Some)
+                        });
+                        match result {
+                            Ok(Some(r)) => {
+                                let _ = reply.send(json_response(&r.info));
+                                return Ok(Some(r));
+                            }
+                            Ok(None) => {
+                                let _ = reply.send(Response::error(
+                                    503,
+                                    "the VMM is stopping (termination signal)",
+                                ));
+                                return Ok(None);
+                            }
+                            Err(e) => {
+                                log::error!("receiving a migration failed: {e}");
+                                let status = if e.is_config_error() { 400 } else { 500 };
+                                let _ = reply.send(Response::error(status, &e.to_string()));
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = reply.send(Response::error(
+                            409,
+                            "there is no VM here yet: this caravel waits for one through vm.receive-migration",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `vm.send-migration`: pre-copy while the guest runs, then pause and
+    /// hand over. Returns the guest (running as before if the migration
+    /// failed), the answer, and whether the guest now runs elsewhere.
+    fn send_migration(
+        &self,
+        guest: Guest,
+        opts: crate::migration::send::SendOptions,
+        shared: &Mutex<ApiShared>,
+    ) -> Result<(Guest, Response, bool)> {
+        use crate::migration::send::Session;
+        let progress = |info: &api::types::MigrationInfo| {
+            shared.lock().unwrap_or_else(|e| e.into_inner()).migration = Some(info.clone());
+        };
+        let refused = |e: Error| {
+            log::error!("migration: {e}");
+            let info = api::types::MigrationInfo {
+                phase: api::types::MigrationPhase::Failed,
+                error: Some(e.to_string()),
+                ..shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .migration
+                    .clone()
+                    .unwrap_or_else(crate::migration::empty_info)
+            };
+            progress(&info);
+            Response::error(500, &e.to_string())
+        };
+        let mut session = match Session::start(guest.vm(), &self.config, opts, &progress) {
+            Ok(s) => s,
+            Err(e) => return Ok((guest, refused(e), false)),
+        };
+        if let Err(e) = session.precopy(guest.vm(), &progress) {
+            let info = session.abandon(guest.vm(), &e, &progress);
+            log::error!("migration failed during pre-copy: {e}");
+            return Ok((guest, migration_error(&info), false));
+        }
+        let was_running = matches!(guest, Guest::Running(_));
+        let paused_at = std::time::Instant::now();
+        let vm = match guest {
+            Guest::Running(r) => r.pause(),
+            Guest::Paused(v) => v,
+        };
+        match session.finish(&vm, paused_at, &progress) {
+            Ok(info) => {
+                log::info!(
+                    "migrated: {} passes, {} MiB of memory, downtime {} ms",
+                    info.iterations,
+                    info.memory_bytes >> 20,
+                    info.downtime_ms.unwrap_or(0)
+                );
+                if let Some(ev) = vm.events() {
+                    ev.emit(
+                        "vm",
+                        "migrated",
+                        Some(serde_json::to_value(&info).unwrap_or_default()),
+                    );
+                }
+                Ok((Guest::Paused(vm), json_response(&info), true))
+            }
+            Err(e) => {
+                let info = session.abandon(&vm, &e, &progress);
+                log::error!("migration failed with the guest paused, resuming it: {e}");
+                let guest = if was_running {
+                    Guest::Running(vm.start()?)
+                } else {
+                    Guest::Paused(vm)
+                };
+                Ok((guest, migration_error(&info), false))
             }
         }
     }
@@ -470,6 +699,21 @@ impl Vmm {
                                         };
                                         let _ = reply.send(r);
                                     }
+                                    ApiCommand::SendMigration(opts) => {
+                                        let (g, r, migrated) =
+                                            self.send_migration(guest, opts, shared)?;
+                                        guest = g;
+                                        let _ = reply.send(r);
+                                        if migrated {
+                                            guest.vm().request_exit(ExitReason::Migrated);
+                                        }
+                                    }
+                                    ApiCommand::ReceiveMigration(_) => {
+                                        let _ = reply.send(Response::error(
+                                            409,
+                                            "this caravel runs a VM already: receive a migration in a caravel started without --kernel",
+                                        ));
+                                    }
                                     ApiCommand::Snapshot { destination_url } => {
                                         let _ = reply.send(self.snapshot(&guest, &destination_url));
                                     }
@@ -508,4 +752,17 @@ impl Vmm {
         }
         Ok(reason)
     }
+}
+
+fn json_response<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => Response::json(b),
+        Err(e) => Response::error(500, &e.to_string()),
+    }
+}
+
+/// A failed migration's answer: 500 with the reason (the body's message
+/// is the error, as every API error's).
+fn migration_error(info: &api::types::MigrationInfo) -> Response {
+    Response::error(500, info.error.as_deref().unwrap_or("migration failed"))
 }

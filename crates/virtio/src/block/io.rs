@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemory, Permissions};
 
 use super::Segment;
@@ -15,6 +16,35 @@ const IOV_MAX: usize = 1024;
 /// Reads (`to_guest`) or writes the bytes of `segs` from/to `file` at `offset`.
 /// Returns false on any error, including a short transfer at end of file.
 pub fn transfer<M: GuestMemory>(
+    file: &File,
+    mem: &M,
+    segs: &[Segment],
+    offset: u64,
+    to_guest: bool,
+) -> bool {
+    let done = vectored(file, mem, segs, offset, to_guest);
+    if to_guest {
+        // The kernel wrote guest memory behind vm-memory's back (even a
+        // failed read may have written part): mark it dirty, after the
+        // write, so a migration that collected the bitmap meanwhile sees
+        // the bits again in its next pass.
+        mark_written(mem, segs);
+    }
+    done
+}
+
+fn mark_written<M: GuestMemory>(mem: &M, segs: &[Segment]) {
+    for s in segs {
+        let Ok(slices) = mem.get_slices(s.addr, s.len as usize, Permissions::Write) else {
+            continue;
+        };
+        for slice in slices.flatten() {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+    }
+}
+
+fn vectored<M: GuestMemory>(
     file: &File,
     mem: &M,
     segs: &[Segment],

@@ -629,8 +629,7 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     #[allow(unused_imports)]
-    use vm_memory::GuestMemoryMmap;
-    use vm_memory::{Bytes, GuestAddress};
+        use vm_memory::{Bytes, GuestAddress};
 
     /// A vector and the message it was routed to.
     type Route = (u16, Option<(u64, u32)>);
@@ -680,7 +679,7 @@ mod tests {
 
     #[test]
     fn a_driver_brings_up_rng_and_gets_entropy_with_an_msix_interrupt() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = crate::DeviceRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let sink = Arc::new(Sink::default());
         let mut d = VirtioPciDevice::new(
             "rng",
@@ -766,9 +765,9 @@ mod tests {
     /// A driver's bring-up of an rng with a 16-entry queue and MSI-X
     /// vector 0; returns the device and the driver's view of the queue.
     fn running_rng<'a>(
-        mem: &'a GuestMemoryMmap,
+        mem: &'a crate::DeviceRam,
         sink: Arc<Sink>,
-    ) -> (VirtioPciDevice, MockSplitQueue<'a, GuestMemoryMmap>) {
+    ) -> (VirtioPciDevice, MockSplitQueue<'a, crate::DeviceRam>) {
         let mut d = VirtioPciDevice::new(
             "rng",
             Box::new(Rng::default()),
@@ -798,7 +797,7 @@ mod tests {
         (d, mq)
     }
 
-    fn wait_used(mq: &MockSplitQueue<'_, GuestMemoryMmap>, idx: u16) -> u16 {
+    fn wait_used(mq: &MockSplitQueue<'_, crate::DeviceRam>, idx: u16) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(5);
         while mq.used().idx().load() < idx && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -813,7 +812,7 @@ mod tests {
     /// and leave the used index at 1).
     #[test]
     fn a_saved_device_continues_in_a_fresh_one() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = crate::DeviceRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let (mut d, mq) = running_rng(&mem, Arc::new(Sink::default()));
         mq.add_desc_chains(&[RawDescriptor::from(Descriptor::new(0x2000, 32, 2, 0))], 0)
             .unwrap();
@@ -891,7 +890,7 @@ mod tests {
 
     #[test]
     fn invalid_rings_mark_the_device_broken_instead_of_starting() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = crate::DeviceRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let sink = Arc::new(Sink::default());
         let mut d = VirtioPciDevice::new(
             "rng",
@@ -912,7 +911,7 @@ mod tests {
 
     #[test]
     fn config_writes_of_every_width_at_every_offset_are_survived() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = crate::DeviceRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let mut d = VirtioPciDevice::new(
             "rng",
             Box::new(Rng::default()),

@@ -51,7 +51,8 @@ pub struct SavedConfig {
 }
 
 impl SavedConfig {
-    fn of(cfg: &VmConfig) -> Self {
+    /// The part of `cfg` a snapshot (or a migration) carries.
+    pub fn of(cfg: &VmConfig) -> Self {
         Self {
             cpus: cfg.cpus,
             memory: cfg.memory,
@@ -312,31 +313,7 @@ pub fn restore(vm: &Vm, snapshot: &Snapshot, dir: &Path, prefault: bool) -> Resu
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
 pub fn crc32(data: &[u8]) -> u32 {
-    const fn table() -> [u32; 256] {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    }
-    const TABLE: [u32; 256] = table();
-    let mut c = !0u32;
-    for &b in data {
-        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]

@@ -1,0 +1,219 @@
+//! The destination side: check the stream, map memory, store pages, then
+//! build, restore and start the VM.
+//!
+//! Each request frame is answered; a failure is answered with its reason
+//! (so the source resumes the guest and says why) and ends the receive.
+//! Memory frames must land inside the guest memory the configuration
+//! describes. The VM itself is built only when the state arrives, after the
+//! source has paused and given up its disk locks.
+
+use std::time::{Duration, Instant};
+
+use api::types::{MigrationInfo, MigrationPhase};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::stream::{self, Frame, Hello, Kind, Reply};
+use super::Conn;
+use crate::config::VmConfig;
+use crate::memory::GuestRam;
+use crate::snapshot::files::SavedConfig;
+use crate::snapshot::VmState;
+use crate::vm::{RunningVm, Vm};
+use crate::{Error, Result};
+
+/// How long the destination waits for the next frame.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The migrated VM, running.
+pub struct Received {
+    /// Its configuration: the source's shape and devices, this host's
+    /// output, API socket and sandbox.
+    pub config: VmConfig,
+    /// The VM, its vCPUs started.
+    pub vm: RunningVm,
+    /// What was received.
+    pub info: MigrationInfo,
+}
+
+/// Builds the VM for a configuration around received memory.
+pub type MakeVm<'a> = &'a mut dyn FnMut(&VmConfig, GuestRam) -> Result<Vm>;
+
+/// Receives a VM on `conn` (accepted from the source). `host` is this
+/// process's configuration (output, API socket, sandbox).
+pub fn receive(
+    conn: &mut Conn,
+    host: &VmConfig,
+    make_vm: MakeVm,
+    progress: super::send::Progress,
+) -> Result<Received> {
+    conn.set_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| Error::Migration(format!("socket timeout: {e}")))?;
+    let mut r = Receiver {
+        host,
+        info: MigrationInfo {
+            role: "destination".into(),
+            phase: MigrationPhase::Setup,
+            iterations: 0,
+            memory_bytes: 0,
+            stream_bytes: 0,
+            dirty_bytes: 0,
+            dirty_rate: 0,
+            throughput: 0,
+            total_ms: 0,
+            downtime_ms: None,
+            error: None,
+        },
+        started: Instant::now(),
+        config: None,
+        ram: None,
+    };
+    progress(&r.info);
+    loop {
+        let frame = stream::read_frame(conn)
+            .map_err(|e| Error::Migration(format!("reading the stream: {e}")))?;
+        r.info.stream_bytes += 16 + frame.payload.len() as u64;
+        let answered = !matches!(frame.kind, Kind::Memory | Kind::Abandon);
+        match r.handle(frame, make_vm) {
+            Ok(Step::More) => {
+                if answered {
+                    stream::write_json(conn, Kind::Reply, &Reply { error: None })
+                        .map_err(|e| Error::Migration(format!("answering the source: {e}")))?;
+                }
+                r.info.total_ms = r.started.elapsed().as_millis() as u64;
+                progress(&r.info);
+            }
+            Ok(Step::Done(vm)) => {
+                // The guest runs here now; the source exits when it hears.
+                let answer = stream::write_json(conn, Kind::Reply, &Reply { error: None });
+                if let Err(e) = answer {
+                    log::warn!("migration: the source did not hear that the VM runs here: {e}");
+                }
+                r.info.phase = MigrationPhase::Completed;
+                r.info.total_ms = r.started.elapsed().as_millis() as u64;
+                progress(&r.info);
+                let config = r.config.take().map(|(c, _)| c).ok_or_else(|| {
+                    Error::Migration("the state came before the configuration".into())
+                })?;
+                return Ok(Received {
+                    config,
+                    vm: *vm,
+                    info: r.info,
+                });
+            }
+            Err(e) => {
+                let _ = stream::write_json(
+                    conn,
+                    Kind::Reply,
+                    &Reply {
+                        error: Some(e.to_string()),
+                    },
+                );
+                r.info.phase = MigrationPhase::Failed;
+                r.info.error = Some(e.to_string());
+                progress(&r.info);
+                return Err(e);
+            }
+        }
+    }
+}
+
+enum Step {
+    More,
+    Done(Box<RunningVm>),
+}
+
+struct Receiver<'a> {
+    host: &'a VmConfig,
+    info: MigrationInfo,
+    started: Instant,
+    /// The configuration to build (and the source's, for checks).
+    config: Option<(VmConfig, SavedConfig)>,
+    ram: Option<GuestRam>,
+}
+
+fn bad(e: String) -> Error {
+    Error::Migration(e)
+}
+
+impl Receiver<'_> {
+    fn handle(&mut self, frame: Frame, make_vm: MakeVm) -> Result<Step> {
+        let first = self.info.stream_bytes == 16 + frame.payload.len() as u64;
+        if first && frame.kind != Kind::Hello {
+            return Err(bad(format!(
+                "the stream must open with a Hello frame, not {:?}",
+                frame.kind
+            )));
+        }
+        match frame.kind {
+            Kind::Hello => {
+                let hello: Hello = frame.json().map_err(bad)?;
+                if let Some(why) = hello.refusal() {
+                    return Err(bad(why));
+                }
+                if hello.local {
+                    return Err(bad("local migration is not supported by this Caravel".into()));
+                }
+                Ok(Step::More)
+            }
+            Kind::Config => {
+                if self.config.is_some() {
+                    return Err(bad("a second configuration frame".into()));
+                }
+                let saved: SavedConfig = frame.json().map_err(bad)?;
+                for d in &saved.disks {
+                    if !d.path.exists() {
+                        return Err(bad(format!(
+                            "the disk image {} is not there on the destination",
+                            d.path.display()
+                        )));
+                    }
+                }
+                let cfg = saved.apply_to(self.host);
+                self.ram = Some(Vm::guest_ram(&cfg)?);
+                self.config = Some((cfg, saved));
+                self.info.phase = MigrationPhase::Precopy;
+                Ok(Step::More)
+            }
+            Kind::Memory => {
+                let ram = self
+                    .ram
+                    .as_ref()
+                    .ok_or_else(|| bad("memory before the configuration".into()))?;
+                let (gpa, data) = frame.memory().map_err(bad)?;
+                ram.memory
+                    .write_slice(data, GuestAddress(gpa))
+                    .map_err(|e| {
+                        bad(format!(
+                            "{} bytes at {gpa:#x} are outside the VM's memory: {e}",
+                            data.len()
+                        ))
+                    })?;
+                self.info.memory_bytes += data.len() as u64;
+                Ok(Step::More)
+            }
+            Kind::MemoryDone => {
+                self.info.iterations += 1;
+                Ok(Step::More)
+            }
+            Kind::State => {
+                let (Some((cfg, _)), Some(ram)) = (self.config.as_ref(), self.ram.take()) else {
+                    return Err(bad("the state came before the configuration".into()));
+                };
+                self.info.phase = MigrationPhase::Stopped;
+                let state: VmState = frame.json().map_err(bad)?;
+                state.check_version()?;
+                let vm = make_vm(cfg, ram)?;
+                vm.restore_state(&state)?;
+                Ok(Step::Done(Box::new(vm.start()?)))
+            }
+            Kind::Abandon => Err(bad(format!(
+                "the source gave up: {}",
+                String::from_utf8_lossy(&frame.payload)
+            ))),
+            Kind::Reply | Kind::MemoryFds => Err(bad(format!(
+                "unexpected {:?} frame from the source",
+                frame.kind
+            ))),
+        }
+    }
+}
