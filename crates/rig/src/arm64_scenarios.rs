@@ -30,6 +30,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::snapshot_scenarios::restore_in_new_process_arm64,
     },
     Scenario {
+        name: "arm64-live-migration-unix-tcp-and-cut",
+        run: crate::migration_scenarios::live_migration_arm64,
+    },
+    Scenario {
         name: "arm64-its-save-decode-restore",
         run: its_snapshot,
     },

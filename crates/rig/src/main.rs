@@ -20,6 +20,7 @@ mod mem_scenarios;
 mod robust_scenarios;
 mod scenarios;
 mod session;
+mod migration_scenarios;
 mod snapshot_bench;
 mod snapshot_scenarios;
 mod vfio_scenarios;

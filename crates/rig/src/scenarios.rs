@@ -37,6 +37,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::snapshot_scenarios::restore_in_new_process,
     },
     Scenario {
+        name: "live-migration-unix-tcp-and-cut",
+        run: crate::migration_scenarios::live_migration,
+    },
+    Scenario {
         name: "not-a-kernel-exits-2",
         run: not_a_kernel,
     },

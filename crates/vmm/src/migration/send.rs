@@ -29,6 +29,9 @@ use crate::{Error, Result};
 pub const DEFAULT_DOWNTIME: Duration = Duration::from_millis(300);
 /// Default pass limit.
 pub const DEFAULT_MAX_ITERATIONS: u32 = 30;
+/// Passes without a smaller dirty set after which pre-copy gives up
+/// converging and pauses the guest.
+const STALLED_PASSES: u32 = 5;
 /// How long the source waits for the destination to listen, and for any
 /// read or write to make progress.
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
@@ -240,6 +243,8 @@ impl Session {
         self.pending.fill();
         self.plugged = vm.device_view().plugged_runs();
         let mut first = true;
+        // The smallest dirty set seen and the pass that saw it.
+        let mut least = (u64::MAX, 0);
         loop {
             if let Some(r) = vm.exit_reason() {
                 return Err(Error::Migration(format!(
@@ -270,7 +275,14 @@ impl Session {
             // At the last pass's throughput, would the rest fit the budget?
             let throughput = self.info.throughput.max(1) as f64;
             let fits = dirty as f64 / throughput <= self.opts.downtime.as_secs_f64();
-            if fits || self.info.iterations >= self.opts.max_iterations {
+            // A guest that dirties as fast as the link sends never fits:
+            // once the dirty set has stopped shrinking for a while, more
+            // passes only cost time.
+            if dirty < least.0 {
+                least = (dirty, self.info.iterations);
+            }
+            let stuck = self.info.iterations - least.1 >= STALLED_PASSES;
+            if fits || stuck || self.info.iterations >= self.opts.max_iterations {
                 return Ok(());
             }
         }
@@ -282,10 +294,12 @@ impl Session {
     pub fn finish(&mut self, vm: &Vm, paused_at: Instant, progress: Progress) -> Result<MigrationInfo> {
         self.info.phase = MigrationPhase::Stopped;
         progress(&self.info);
+        // The state first: saving the ITS writes its tables into guest
+        // memory (through KVM, so the dirty log sees them).
+        let state = vm.snapshot().map_err(|e| Error::Migration(e.to_string()))?;
         self.collect_dirty(vm)?;
         self.send_pending(vm, false)?;
         self.request(Kind::MemoryDone, b"", "the last pages")?;
-        let state = vm.snapshot().map_err(|e| Error::Migration(e.to_string()))?;
         let body = serde_json::to_vec(&state)
             .map_err(|e| Error::Migration(format!("cannot encode the state: {e}")))?;
         vm.release_disks();

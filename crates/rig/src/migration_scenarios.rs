@@ -1,0 +1,310 @@
+//! Live migration between Caravel processes in the outer VM: a guest with
+//! virtio-blk, -console, -rng and virtio-mem (256 MiB of 1 GiB plugged)
+//! keeps rewriting 64 MiB of tmpfs (each 16 MiB file with its md5 next to
+//! it) and appending a counter to its disk and hvc0, and moves
+//! A -> B over `unix:` and B -> C over `tcp:127.0.0.1`, each source exiting
+//! 0. Then a migration C -> D is cut by killing D mid-stream: C's guest
+//! runs on. At the end every buffer still matches its checksum (pages
+//! dirtied during pre-copy were sent again), the disk holds the last count,
+//! hvc0 continued in C's file, and virtio-mem resizes on the destination.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::guest::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
+use crate::mem_scenarios::{check_total, mem_total, resize_wait};
+use crate::session::Session;
+use crate::Env;
+
+const MIB: u64 = 1 << 20;
+/// Disk sectors the counter cycles through.
+const SECTORS: u64 = 2000;
+
+/// Arguments of an interactive guest with a 1 GiB virtio-mem region and
+/// the API on a socket, plus `extra`.
+type StartArgs = fn(&Env, &str, &[&str]) -> Vec<String>;
+
+/// x86_64: vmlinux, 2 vCPUs.
+pub fn live_migration(env: &Env) -> Result<String, String> {
+    migrate_with(env, "mig", |env, sock, extra| {
+        let mut a = extra.to_vec();
+        a.extend(["--cpus", "boot=2"]);
+        crate::mem_scenarios::hotplug_args(env, sock, "", &a)
+    })
+}
+
+/// aarch64: Image, 2 vCPUs, GICv3 + ITS (MSI-X through the ITS).
+pub fn live_migration_arm64(env: &Env) -> Result<String, String> {
+    migrate_with(env, "arm64-mig", crate::arm64_scenarios::hotplug_args)
+}
+
+fn numbers(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .collect()
+}
+
+fn sector(disk: &std::path::Path, n: u64) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 512];
+    let _ = std::fs::File::open(disk).and_then(|f| f.read_exact_at(&mut b, n * 512));
+    String::from_utf8_lossy(&b)
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A destination: `caravel --api-socket` without a kernel.
+fn destination(env: &Env, sock: &str, hvc: &std::path::Path) -> Result<Session, String> {
+    let _ = std::fs::remove_file(sock);
+    let s = Session::spawn(
+        &env.bin("caravel"),
+        &[
+            "--api-socket".to_string(),
+            format!("path={sock}"),
+            "--console".into(),
+            format!("file={}", hvc.display()),
+        ],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remote(env, sock, "ping").is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("the destination never answered on {sock}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(s)
+}
+
+fn remote_child(env: &Env, sock: &str, args: &[&str]) -> Result<Child, String> {
+    Command::new(env.bin("caravel-remote"))
+        .args(["--api-socket", sock])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run caravel-remote: {e}"))
+}
+
+fn finished(child: Child, what: &str) -> Result<String, String> {
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {} {}",
+            out.status,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(text)
+}
+
+/// Migrates the guest of `from` (API `from_sock`) to a new destination
+/// listening on `url`; returns the destination, its socket and the
+/// source's summary line.
+fn hop(
+    env: &Env,
+    from: &mut Session,
+    from_sock: &str,
+    to_sock: &str,
+    url: &str,
+    hvc: &std::path::Path,
+) -> Result<(Session, String), String> {
+    let to = destination(env, to_sock, hvc)?;
+    let recv = remote_child(env, to_sock, &["receive-migration", url])?;
+    let send = remote_child(env, from_sock, &["send-migration", url])?;
+    let summary = finished(send, "send-migration")?;
+    finished(recv, "receive-migration")?;
+    expect_exit(from, 0).map_err(|e| format!("the source after migrating: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&summary).map_err(|e| format!("summary {summary:?}: {e}"))?;
+    let line = format!(
+        "{url}: {} passes, {} MiB memory ({} MiB on the wire), downtime {} ms, total {} ms",
+        v["iterations"],
+        v["memory_bytes"].as_u64().unwrap_or(0) / MIB,
+        v["stream_bytes"].as_u64().unwrap_or(0) / MIB,
+        v["downtime_ms"],
+        v["total_ms"]
+    );
+    Ok((to, line))
+}
+
+/// The counter the guest's workload keeps, read right after a migration
+/// (the guest printed its prompt in the old process: type without waiting).
+fn count_after_move(s: &mut Session, before: u64) -> Result<u64, String> {
+    s.send("cat /tmp/count")?;
+    s.expect("CARAVEL-GOT cat /tmp/count", BOOT_TIMEOUT)?;
+    let (done, _) = s.expect("CARAVEL-DONE", BOOT_TIMEOUT)?;
+    if !done.contains("rc=0") {
+        return Err(format!("first command after migrating failed: {done}"));
+    }
+    let after = numbers(&s.transcript).last().copied().unwrap_or(0);
+    if after < before {
+        return Err(format!("the counter went back from {before} to {after}"));
+    }
+    // ... and it keeps counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let later = numbers(&guest_cmd(s, "cat /tmp/count")?);
+    if later.first().is_none_or(|&c| c <= after) {
+        return Err(format!("the workload stopped after migrating: {later:?} after {after}"));
+    }
+    Ok(after)
+}
+
+fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String> {
+    let disk = env.tmp.join(format!("rig-{tag}-disk.img"));
+    std::fs::write(&disk, vec![0u8; (SECTORS * 512) as usize]).map_err(|e| e.to_string())?;
+    let hvc: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| env.tmp.join(format!("rig-{tag}-hvc0-{n}.log")))
+        .collect();
+    hvc.iter().for_each(|f| drop(std::fs::remove_file(f)));
+    let sock = |n: &str| {
+        env.tmp
+            .join(format!("rig-{tag}-{n}.sock"))
+            .display()
+            .to_string()
+    };
+    let (sa, sb, sc, sd) = (sock("a"), sock("b"), sock("c"), sock("d"));
+    let stream_sock = env.tmp.join(format!("rig-{tag}-stream.sock"));
+    let port = 40_000 + std::process::id() % 20_000;
+
+    let mut a = Session::spawn(
+        &env.bin("caravel"),
+        &start(
+            env,
+            &sa,
+            &[
+                "--rng",
+                "--disk",
+                &format!("path={}", disk.display()),
+                "--console",
+                &format!("file={}", hvc[0].display()),
+            ],
+        ),
+    )?;
+    a.expect("CARAVEL-MARKER", Duration::from_secs(120))?;
+    let base = mem_total(&mut a)?;
+    resize_wait(env, &sa, "512M", 60)?;
+    check_total(&mut a, base, 256 * MIB, "before migrating")?;
+    // The workloads: a counter (to disk and hvc0), and 64 MiB of tmpfs
+    // rewritten 16 MiB at a time, each file with its md5 next to it.
+    guest_cmd(
+        &mut a,
+        &format!(
+            "(i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; \
+             echo \"block $i\" | dd of=/dev/vda bs=512 seek=$((i % {SECTORS})) conv=notrunc,fsync 2>/dev/null; \
+             echo \"hvc $i\" > /dev/hvc0; sleep 0.05; done) >/dev/null 2>&1 &"
+        ),
+    )?;
+    guest_cmd(
+        &mut a,
+        "(k=0; while [ ! -e /tmp/stop ]; do k=$((k+1)); f=/tmp/buf$((k % 4)); \
+         dd if=/dev/urandom of=$f.new bs=1M count=16 2>/dev/null; md5sum < $f.new > $f.sum.new; \
+         mv $f.new $f; mv $f.sum.new $f.sum; done; touch /tmp/memdone) >/dev/null 2>&1 &",
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let before = numbers(&guest_cmd(&mut a, "cat /tmp/count")?);
+    let count_a = before.first().copied().unwrap_or(0);
+    if count_a == 0 {
+        return Err("the workload did not count".into());
+    }
+    a.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+
+    // A -> B over a Unix socket.
+    let unix_url = format!("unix:{}", stream_sock.display());
+    let (mut b, hop1) = hop(env, &mut a, &sa, &sb, &unix_url, &hvc[1])?;
+    drop(a);
+    let count_b = count_after_move(&mut b, count_a)?;
+    resize_wait(env, &sb, "768M", 60)?;
+    check_total(&mut b, base, 512 * MIB, "grown on the destination")?;
+    b.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+
+    // B -> C over TCP.
+    let tcp_url = format!("tcp:127.0.0.1:{port}");
+    let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &hvc[2])?;
+    drop(b);
+    let count_c = count_after_move(&mut c, count_b)?;
+
+    // C -> D, cut: D dies once memory flows; C's guest runs on.
+    let mut d = destination(env, &sd, &hvc[3])?;
+    let recv = remote_child(env, &sd, &["receive-migration", &unix_url])?;
+    let send = remote_child(env, &sc, &["send-migration", &unix_url])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = remote(env, &sc, "info").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+        if v["migration"]["memory_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the third migration never sent memory: {info}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &d.pid().to_string()])
+        .status();
+    let _ = d.wait(Duration::from_secs(10));
+    drop(d);
+    let cut = match finished(send, "send-migration") {
+        Ok(out) => return Err(format!("the cut migration succeeded: {out}")),
+        Err(e) => e,
+    };
+    let _ = finished(recv, "receive-migration");
+    let info = remote(env, &sc, "info")?;
+    let v: serde_json::Value = serde_json::from_str(&info).map_err(|e| e.to_string())?;
+    if v["state"] != "Running" || v["migration"]["phase"] != "failed" {
+        return Err(format!(
+            "after the cut the source is {} with migration {}",
+            v["state"], v["migration"]
+        ));
+    }
+    let after_cut = numbers(&guest_cmd(&mut c, "sleep 0.5; cat /tmp/count")?);
+    if after_cut.first().is_none_or(|&n| n <= count_c) {
+        return Err(format!(
+            "the source's guest stopped counting after the cut: {after_cut:?}"
+        ));
+    }
+
+    // Stop the workloads and check what moved.
+    let checked = guest_cmd(
+        &mut c,
+        "touch /tmp/stop; while [ ! -e /tmp/memdone ]; do sleep 0.1; done; sleep 0.2; \
+         for f in /tmp/buf0 /tmp/buf1 /tmp/buf2 /tmp/buf3; do \
+         if [ \"$(md5sum < $f)\" = \"$(cat $f.sum)\" ]; then echo SUM-OK; else echo SUM-BAD $f; fi; done; cat /tmp/count",
+    )?;
+    let ok = checked.iter().filter(|l| l.trim() == "SUM-OK").count();
+    if ok != 4 {
+        return Err(format!("the guest's buffers after two migrations: {checked:?}"));
+    }
+    let Some(&last) = numbers(&checked).last() else {
+        return Err("no final count".into());
+    };
+    let on_disk = sector(&disk, last % SECTORS);
+    if on_disk != format!("block {last}") {
+        return Err(format!("disk sector of {last} holds {on_disk:?}"));
+    }
+    let hvc_text = std::fs::read_to_string(&hvc[2]).unwrap_or_default();
+    if !hvc_text.contains(&format!("hvc {last}")) {
+        return Err(format!(
+            "hvc0 output did not continue into the last destination (no 'hvc {last}')"
+        ));
+    }
+    resize_wait(env, &sc, "512M", 60)?;
+    check_total(&mut c, base, 256 * MIB, "shrunk after two migrations")?;
+    c.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    c.send("poweroff")?;
+    expect_exit(&mut c, 0)?;
+    let _ = std::fs::remove_file(&disk);
+    Ok(format!(
+        "{hop1}; {hop2}; counter {count_a} -> {count_b} -> {count_c} -> {last}, 64 MiB of buffers match their md5s, \
+         disk and hvc0 continue, resize on the destination; cut migration: {}",
+        cut.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
+}
