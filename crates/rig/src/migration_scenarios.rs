@@ -56,18 +56,13 @@ fn sector(disk: &std::path::Path, n: u64) -> String {
         .to_string()
 }
 
-/// A destination: `caravel --api-socket` without a kernel.
-fn destination(env: &Env, sock: &str, hvc: &std::path::Path) -> Result<Session, String> {
+/// A destination: `caravel --api-socket SOCK` without a kernel, plus
+/// `extra` (output options), once its API answers.
+pub fn destination(env: &Env, sock: &str, extra: &[String]) -> Result<Session, String> {
     let _ = std::fs::remove_file(sock);
-    let s = Session::spawn(
-        &env.bin("caravel"),
-        &[
-            "--api-socket".to_string(),
-            format!("path={sock}"),
-            "--console".into(),
-            format!("file={}", hvc.display()),
-        ],
-    )?;
+    let mut args = vec!["--api-socket".to_string(), format!("path={sock}")];
+    args.extend(extra.iter().cloned());
+    let s = Session::spawn(&env.bin("caravel"), &args)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while remote(env, sock, "ping").is_err() {
         if Instant::now() > deadline {
@@ -78,7 +73,11 @@ fn destination(env: &Env, sock: &str, hvc: &std::path::Path) -> Result<Session, 
     Ok(s)
 }
 
-fn remote_child(env: &Env, sock: &str, args: &[&str]) -> Result<Child, String> {
+fn console_file(hvc: &std::path::Path) -> Vec<String> {
+    vec!["--console".into(), format!("file={}", hvc.display())]
+}
+
+pub fn remote_child(env: &Env, sock: &str, args: &[&str]) -> Result<Child, String> {
     Command::new(env.bin("caravel-remote"))
         .args(["--api-socket", sock])
         .args(args)
@@ -88,7 +87,7 @@ fn remote_child(env: &Env, sock: &str, args: &[&str]) -> Result<Child, String> {
         .map_err(|e| format!("cannot run caravel-remote: {e}"))
 }
 
-fn finished(child: Child, what: &str) -> Result<String, String> {
+pub fn finished(child: Child, what: &str) -> Result<String, String> {
     let out = child
         .wait_with_output()
         .map_err(|e| format!("{what}: {e}"))?;
@@ -105,17 +104,17 @@ fn finished(child: Child, what: &str) -> Result<String, String> {
 }
 
 /// Migrates the guest of `from` (API `from_sock`) to a new destination
-/// listening on `url`; returns the destination, its socket and the
-/// source's summary line.
-fn hop(
+/// (API `to_sock`, started with `to_args`) listening on `url`; returns the
+/// destination and the source's figures in one line.
+pub fn hop(
     env: &Env,
     from: &mut Session,
     from_sock: &str,
     to_sock: &str,
     url: &str,
-    hvc: &std::path::Path,
+    to_args: &[String],
 ) -> Result<(Session, String), String> {
-    let to = destination(env, to_sock, hvc)?;
+    let to = destination(env, to_sock, to_args)?;
     let recv = remote_child(env, to_sock, &["receive-migration", url])?;
     let send = remote_child(env, from_sock, &["send-migration", url])?;
     let summary = finished(send, "send-migration")?;
@@ -218,7 +217,7 @@ fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
 
     // A -> B over a Unix socket.
     let unix_url = format!("unix:{}", stream_sock.display());
-    let (mut b, hop1) = hop(env, &mut a, &sa, &sb, &unix_url, &hvc[1])?;
+    let (mut b, hop1) = hop(env, &mut a, &sa, &sb, &unix_url, &console_file(&hvc[1]))?;
     drop(a);
     let count_b = count_after_move(&mut b, count_a)?;
     resize_wait(env, &sb, "768M", 60)?;
@@ -227,12 +226,12 @@ fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
 
     // B -> C over TCP.
     let tcp_url = format!("tcp:127.0.0.1:{port}");
-    let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &hvc[2])?;
+    let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &console_file(&hvc[2]))?;
     drop(b);
     let count_c = count_after_move(&mut c, count_b)?;
 
     // C -> D, cut: D dies once memory flows; C's guest runs on.
-    let mut d = destination(env, &sd, &hvc[3])?;
+    let mut d = destination(env, &sd, &console_file(&hvc[3]))?;
     let recv = remote_child(env, &sd, &["receive-migration", &unix_url])?;
     let send = remote_child(env, &sc, &["send-migration", &unix_url])?;
     let deadline = Instant::now() + Duration::from_secs(60);
