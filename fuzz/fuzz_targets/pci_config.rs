@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use pci::{MsixSink, PciDevice};
 use virtio::rng::Rng;
 use virtio::transport::{VirtioPciDevice, BAR0_SIZE};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 struct NullSink;
 impl MsixSink for NullSink {
@@ -18,7 +18,7 @@ impl MsixSink for NullSink {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+    let mem = virtio::DeviceRam::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
     let mut dev = VirtioPciDevice::new(
         "fuzz",
         Box::new(Rng::default()),

@@ -12,7 +12,7 @@ use pci::MsixSink;
 use virtio::rng::Rng;
 use virtio::state::VirtioPciState;
 use virtio::transport::VirtioPciDevice;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 struct NoSink;
 impl MsixSink for NoSink {
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(st) = serde_json::from_slice::<VirtioPciState>(rest) else {
         return;
     };
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mem = virtio::DeviceRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let Ok(mut d) = VirtioPciDevice::new(
         "rng",
         Box::new(Rng::default()),

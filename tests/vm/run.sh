@@ -11,6 +11,7 @@
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --bench-snapshot  Caravel vs QEMU save to a file and restore in a new process
+#        tests/vm/run.sh --bench-migration Caravel vs QEMU live migration to a second process (unix socket)
 #        tests/vm/run.sh --selftests [ARGS]  caravel-selftests ARGS against the outer VM's real KVM (TAP)
 #        tests/vm/run.sh --vfio [SCENARIO...] SR-IOV + VF tokens through vfio-pci: the outer VM is a q35
 #                                        with emulated VT-d and an igb NIC (QEMU 10 from bookworm-backports)
@@ -76,7 +77,7 @@ if [ "${1:-}" = --selftests ]; then
   printf '%s\n' "$*" > "$ROOT/rig-selftests"
   set -- --selftests
 fi
-if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ]; then
+if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ] || [ "${1:-}" = --bench-migration ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
   cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
@@ -116,6 +117,7 @@ case "${1:-}" in
   --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
   --bench-mem) ARGS="--bench-mem" ;;
   --bench-snapshot) ARGS="--bench-snapshot" ;;
+  --bench-migration) ARGS="--bench-migration" ;;
   --exec) ARGS="--exec" ;;   # the commands are in /rig-exec.sh: the kernel command line holds no script
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac

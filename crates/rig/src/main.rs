@@ -20,6 +20,7 @@ mod mem_scenarios;
 mod robust_scenarios;
 mod scenarios;
 mod session;
+mod migration_bench;
 mod migration_scenarios;
 mod snapshot_bench;
 mod snapshot_scenarios;
@@ -73,6 +74,7 @@ fn main() {
     let mut bench_blk = None;
     let mut bench_mem = false;
     let mut bench_snapshot = false;
+    let mut bench_migration = false;
     let mut vfio = false;
     let mut arm64 = false;
     let mut args = std::env::args().skip(1);
@@ -87,6 +89,7 @@ fn main() {
             }
             "--bench-mem" => bench_mem = true,
             "--bench-snapshot" => bench_snapshot = true,
+            "--bench-migration" => bench_migration = true,
             "--vfio" => vfio = true,
             "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
@@ -98,6 +101,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if bench_migration {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = migration_bench::run(&env, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if bench_snapshot {
         let prefix = PREFIX.with(|p| p.borrow().clone());

@@ -224,6 +224,37 @@ mod tests {
     }
 
     #[test]
+    fn migration_sees_plugged_runs_only_and_what_devices_wrote() {
+        let ram = ram();
+        let view = DeviceMemoryView::new(&ram, Some(HP)).unwrap();
+        assert!(view.plugged_runs().is_empty(), "nothing plugged yet");
+        let g0 = view.generation();
+        view.plug(2 * MIB, 4 * MIB).unwrap();
+        view.unplug(4 * MIB, 2 * MIB).unwrap();
+        assert_eq!(view.plugged_runs(), vec![(HP + 2 * MIB, 2 * MIB)]);
+        assert_eq!(view.generation(), g0 + 2, "each rebuild is counted");
+        // A device write marks its page in the view's bitmap, once.
+        view.memory()
+            .memory()
+            .write_slice(b"dma", GuestAddress(HP + 2 * MIB + 5 * 4096))
+            .unwrap();
+        let mut seen = Vec::new();
+        view.take_dirty(|gpa, bits| {
+            for (w, &word) in bits.iter().enumerate() {
+                for b in 0..64 {
+                    if word & (1 << b) != 0 {
+                        seen.push(gpa + (w as u64 * 64 + b) * 4096);
+                    }
+                }
+            }
+        });
+        assert_eq!(seen, vec![HP + 2 * MIB + 5 * 4096]);
+        let mut again = 0;
+        view.take_dirty(|_, bits| again += bits.iter().map(|w| w.count_ones()).sum::<u32>());
+        assert_eq!(again, 0, "taking the bits clears them");
+    }
+
+    #[test]
     fn runs_merge_and_split() {
         let mut r = BTreeMap::new();
         insert(&mut r, 0, 2);

@@ -48,10 +48,12 @@ pub struct DiskLock {
 }
 
 impl DiskLock {
-    /// Locks `file` (the image at `path`) as [`lock_disk`] does and keeps
-    /// a handle to release and retake the lock.
-    pub fn take(file: &File, path: &Path, readonly: bool) -> Result<Self> {
-        lock_disk(file, path, readonly)?;
+    /// Locks `file` (the image at `path`) as [`lock_disk`] does, unless
+    /// `later`, and keeps a handle to release and take the lock.
+    pub fn new(file: &File, path: &Path, readonly: bool, later: bool) -> Result<Self> {
+        if !later {
+            lock_disk(file, path, readonly)?;
+        }
         let file = file
             .try_clone()
             .map_err(Error::io(format!("{}: dup", path.display())))?;
@@ -68,8 +70,8 @@ impl DiskLock {
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 
-    /// Takes the lock again after [`DiskLock::release`].
-    pub fn retake(&self) -> Result<()> {
+    /// Takes the lock (again, after [`DiskLock::release`]).
+    pub fn lock(&self) -> Result<()> {
         lock_disk(&self.file, &self.path, self.readonly)
     }
 }
@@ -96,13 +98,19 @@ mod tests {
     fn a_released_lock_can_be_taken_by_another_and_retaken_after() {
         let p = image("release");
         let (a, b) = (open(&p), open(&p));
-        let lock = DiskLock::take(&a, &p, false).unwrap();
+        let lock = DiskLock::new(&a, &p, false, false).unwrap();
         assert!(lock_disk(&b, &p, false).is_err());
         lock.release();
         lock_disk(&b, &p, false).unwrap();
-        assert!(lock.retake().is_err(), "b holds it now");
+        assert!(lock.lock().is_err(), "b holds it now");
         drop(b);
-        lock.retake().unwrap();
+        lock.lock().unwrap();
+        // Deferred: nothing is locked until asked.
+        let c = open(&p);
+        let later = DiskLock::new(&c, &p, false, true).unwrap();
+        assert!(later.lock().is_err(), "`lock` still holds it");
+        lock.release();
+        later.lock().unwrap();
         std::fs::remove_file(&p).unwrap();
     }
 

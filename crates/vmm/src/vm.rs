@@ -73,7 +73,7 @@ impl Vm {
         events: Option<Arc<EventMonitor>>,
         hotplug_requested: Option<u64>,
     ) -> Result<Self> {
-        Self::build(cfg, serial_out, events, hotplug_requested, true, None)
+        Self::build(cfg, serial_out, events, Build::Boot { hotplug_requested })
     }
 
     /// Builds the VM of `cfg` for a restore: devices and vCPUs as
@@ -84,19 +84,21 @@ impl Vm {
         serial_out: SerialOutput,
         events: Option<Arc<EventMonitor>>,
     ) -> Result<Self> {
-        Self::build(cfg, serial_out, events, None, false, None)
+        Self::build(cfg, serial_out, events, Build::Restore)
     }
 
-    /// Builds the VM of `cfg` for a restore into `ram`, guest memory that
-    /// already holds the saved VM's (made by [`Vm::guest_ram`] for the same
-    /// `cfg`: a live migration's destination receives memory first).
+    /// Builds the VM of `cfg` for a live migration's destination around
+    /// `ram` (made by [`Vm::guest_ram`] for the same `cfg`), which receives
+    /// the source's memory while the source still runs. The disk images are
+    /// opened but not locked (the source holds the locks until it pauses):
+    /// [`Vm::lock_disks`] before [`Vm::restore_state`].
     pub fn new_for_migration(
         cfg: &VmConfig,
         serial_out: SerialOutput,
         events: Option<Arc<EventMonitor>>,
         ram: memory::GuestRam,
     ) -> Result<Self> {
-        Self::build(cfg, serial_out, events, None, false, Some(ram))
+        Self::build(cfg, serial_out, events, Build::Migration(ram))
     }
 
     /// Maps guest memory for `cfg`: boot RAM and the virtio-mem region.
@@ -113,10 +115,13 @@ impl Vm {
         cfg: &VmConfig,
         serial_out: SerialOutput,
         events: Option<Arc<EventMonitor>>,
-        hotplug_requested: Option<u64>,
-        load_payload: bool,
-        ram: Option<memory::GuestRam>,
+        how: Build,
     ) -> Result<Self> {
+        let (hotplug_requested, load_payload, lock_disks) = match &how {
+            Build::Boot { hotplug_requested } => (*hotplug_requested, true, true),
+            Build::Restore => (None, false, true),
+            Build::Migration(_) => (None, false, false),
+        };
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
         let max = platform::max_vcpus(&kvm);
@@ -138,9 +143,9 @@ impl Vm {
             .memory
             .hotplug
             .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
-        let ram = match ram {
-            Some(r) => r,
-            None => Self::guest_ram(cfg)?,
+        let ram = match how {
+            Build::Migration(r) => r,
+            _ => Self::guest_ram(cfg)?,
         };
         // Every KVM memory slot of this VM comes from here, in build order.
         let mut slots = MemSlots::new(kvm.get_nr_memslots() as u32);
@@ -169,8 +174,13 @@ impl Vm {
             hotplug_region.map(|(base, _)| base),
         )?);
         let console_dropped = Arc::new(AtomicU64::new(0));
-        let disk_locks =
-            vm_devices::add_virtio_devices(cfg, &mut pci, &view.memory(), &console_dropped)?;
+        let disk_locks = vm_devices::add_virtio_devices(
+            cfg,
+            &mut pci,
+            &view.memory(),
+            &console_dropped,
+            lock_disks,
+        )?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
             (Some(h), Some((base, _)), Some(mapping)) => Some(vm_devices::add_memory_device(
@@ -347,6 +357,17 @@ impl Vm {
     }
 }
 
+/// How [`Vm::build`] makes a VM.
+enum Build {
+    /// A fresh boot (`hotplug_requested` overrides `hotplugged_size`).
+    Boot { hotplug_requested: Option<u64> },
+    /// For a restore: no payload.
+    Restore,
+    /// For a migration's destination: no payload, this memory, disk locks
+    /// left for later.
+    Migration(memory::GuestRam),
+}
+
 /// What backs guest memory for `cfg`.
 fn backing(cfg: &VmConfig) -> memory::Backing {
     match (cfg.memory.shared, cfg.memory.hugepages) {
@@ -388,9 +409,10 @@ impl Vm {
         self.disk_locks.iter().for_each(DiskLock::release);
     }
 
-    /// Takes the disk locks again (the migration failed).
-    pub fn retake_disks(&self) -> Result<()> {
-        self.disk_locks.iter().try_for_each(DiskLock::retake)
+    /// Takes the disk locks (again, after a failed migration; or at a
+    /// migration's destination once the source has given them up).
+    pub fn lock_disks(&self) -> Result<()> {
+        self.disk_locks.iter().try_for_each(DiskLock::lock)
     }
 }
 

@@ -148,12 +148,13 @@ pub fn add_vfio_devices(
 }
 
 /// Creates the configured virtio devices on `pci`: disks, console, rng.
-/// Returns the locks taken on the disk images.
+/// Returns the disk images' locks, taken unless `lock_disks` is false.
 pub fn add_virtio_devices(
     cfg: &VmConfig,
     pci: &mut PciSegment,
     mem: &virtio::DeviceMemory,
     console_dropped: &Arc<AtomicU64>,
+    lock_disks: bool,
 ) -> Result<Vec<DiskLock>> {
     let mut locks = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
@@ -175,7 +176,7 @@ pub fn add_virtio_devices(
                     ),
                 )
             })?;
-        locks.push(DiskLock::take(&file, &d.path, d.readonly)?);
+        locks.push(DiskLock::new(&file, &d.path, d.readonly, !lock_disks)?);
         let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
         let disk = virtio::block::Disk::new(file, d.readonly, &id)
             .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;

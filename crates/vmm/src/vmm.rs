@@ -398,6 +398,7 @@ impl Vmm {
                             let Some(mut conn) = conn else {
                                 return Ok(None);
                             };
+                            crate::migration::receive::prepare(&conn)?;
                             crate::migration::receive::receive(
                                 &mut conn,
                                 &self.config,

@@ -4,9 +4,12 @@
 //! Each request frame is answered; a failure is answered with its reason
 //! (so the source resumes the guest and says why) and ends the receive.
 //! Memory frames must land inside the guest memory the configuration
-//! describes. The VM itself is built only when the state arrives, after the
-//! source has paused and given up its disk locks.
+//! describes. The VM is built as soon as the configuration arrives (so the
+//! guest's pause does not include building it) and receives memory into its
+//! RAM; it takes its disk locks when the state arrives, once the source has
+//! paused and given them up.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use api::types::{MigrationInfo, MigrationPhase};
@@ -24,6 +27,12 @@ use crate::{Error, Result};
 /// How long the destination waits for the next frame.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Sets the timeouts a destination reads and writes with.
+pub fn prepare(conn: &Conn) -> Result<()> {
+    conn.set_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| Error::Migration(format!("socket timeout: {e}")))
+}
+
 /// The migrated VM, running.
 pub struct Received {
     /// Its configuration: the source's shape and devices, this host's
@@ -35,19 +44,19 @@ pub struct Received {
     pub info: MigrationInfo,
 }
 
-/// Builds the VM for a configuration around received memory.
+/// Builds the VM for a configuration around its memory (which then
+/// receives the source's), without disk locks: [`Vm::new_for_migration`].
 pub type MakeVm<'a> = &'a mut dyn FnMut(&VmConfig, GuestRam) -> Result<Vm>;
 
-/// Receives a VM on `conn` (accepted from the source). `host` is this
-/// process's configuration (output, API socket, sandbox).
-pub fn receive(
-    conn: &mut Conn,
+/// Receives a VM on `conn`, accepted from the source (with [`prepare`]'s
+/// timeouts). `host` is this process's configuration (output, API socket,
+/// sandbox).
+pub fn receive<S: Read + Write>(
+    conn: &mut S,
     host: &VmConfig,
     make_vm: MakeVm,
     progress: super::send::Progress,
 ) -> Result<Received> {
-    conn.set_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| Error::Migration(format!("socket timeout: {e}")))?;
     let mut r = Receiver {
         host,
         info: MigrationInfo {
@@ -65,7 +74,7 @@ pub fn receive(
         },
         started: Instant::now(),
         config: None,
-        ram: None,
+        vm: None,
     };
     progress(&r.info);
     loop {
@@ -91,7 +100,7 @@ pub fn receive(
                 r.info.phase = MigrationPhase::Completed;
                 r.info.total_ms = r.started.elapsed().as_millis() as u64;
                 progress(&r.info);
-                let config = r.config.take().map(|(c, _)| c).ok_or_else(|| {
+                let config = r.config.take().ok_or_else(|| {
                     Error::Migration("the state came before the configuration".into())
                 })?;
                 return Ok(Received {
@@ -127,8 +136,9 @@ struct Receiver<'a> {
     info: MigrationInfo,
     started: Instant,
     /// The configuration to build (and the source's, for checks).
-    config: Option<(VmConfig, SavedConfig)>,
-    ram: Option<GuestRam>,
+    config: Option<VmConfig>,
+    /// Built from the configuration, not started.
+    vm: Option<Vm>,
 }
 
 fn bad(e: String) -> Error {
@@ -160,6 +170,10 @@ impl Receiver<'_> {
                     return Err(bad("a second configuration frame".into()));
                 }
                 let saved: SavedConfig = frame.json().map_err(bad)?;
+                saved
+                    .memory
+                    .check()
+                    .map_err(|e| bad(format!("the source's VM has {e}")))?;
                 for d in &saved.disks {
                     if !d.path.exists() {
                         return Err(bad(format!(
@@ -169,18 +183,19 @@ impl Receiver<'_> {
                     }
                 }
                 let cfg = saved.apply_to(self.host);
-                self.ram = Some(Vm::guest_ram(&cfg)?);
-                self.config = Some((cfg, saved));
+                let ram = Vm::guest_ram(&cfg)?;
+                self.vm = Some(make_vm(&cfg, ram)?);
+                self.config = Some(cfg);
                 self.info.phase = MigrationPhase::Precopy;
                 Ok(Step::More)
             }
             Kind::Memory => {
-                let ram = self
-                    .ram
+                let vm = self
+                    .vm
                     .as_ref()
                     .ok_or_else(|| bad("memory before the configuration".into()))?;
                 let (gpa, data) = frame.memory().map_err(bad)?;
-                ram.memory
+                vm.memory()
                     .write_slice(data, GuestAddress(gpa))
                     .map_err(|e| {
                         bad(format!(
@@ -196,13 +211,13 @@ impl Receiver<'_> {
                 Ok(Step::More)
             }
             Kind::State => {
-                let (Some((cfg, _)), Some(ram)) = (self.config.as_ref(), self.ram.take()) else {
+                let Some(vm) = self.vm.take() else {
                     return Err(bad("the state came before the configuration".into()));
                 };
                 self.info.phase = MigrationPhase::Stopped;
                 let state: VmState = frame.json().map_err(bad)?;
                 state.check_version()?;
-                let vm = make_vm(cfg, ram)?;
+                vm.lock_disks()?;
                 vm.restore_state(&state)?;
                 Ok(Step::Done(Box::new(vm.start()?)))
             }

@@ -304,7 +304,7 @@ impl Session {
             .map_err(|e| Error::Migration(format!("cannot encode the state: {e}")))?;
         vm.release_disks();
         if let Err(e) = self.request(Kind::State, &body, "the VM's state") {
-            if let Err(l) = vm.retake_disks() {
+            if let Err(l) = vm.lock_disks() {
                 log::error!("migration failed and the disk locks cannot be taken back: {l}");
             }
             return Err(e);
