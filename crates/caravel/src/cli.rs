@@ -484,20 +484,19 @@ impl Args {
     /// Checks every option and builds the VM configuration. With
     /// `--restore` the payload is empty: the snapshot brings the VM.
     pub fn to_config(&self) -> Result<VmConfig, OptionError> {
-        let kernel = match (&self.kernel, &self.restore, &self.api_socket) {
-            (Some(k), _, _) => k.clone(),
-            (None, Some(_), _) => PathBuf::new(),
-            (None, None, Some(_)) => {
-                self.check_incoming()?;
-                PathBuf::new()
-            }
-            (None, None, None) => {
-                return Err(OptionError::new(
+        let kernel =
+            match (&self.kernel, &self.restore, &self.api_socket) {
+                (Some(k), _, _) => k.clone(),
+                (None, Some(_), _) => PathBuf::new(),
+                (None, None, Some(_)) => {
+                    self.check_incoming()?;
+                    PathBuf::new()
+                }
+                (None, None, None) => return Err(OptionError::new(
                     "--kernel",
                     "a kernel is required (or --restore, or --api-socket to receive a migration)",
-                ))
-            }
-        };
+                )),
+            };
         if self.kernel.is_some() {
             readable_file("--kernel", &kernel)?;
         }
@@ -793,6 +792,31 @@ mod tests {
     fn clap_rejects_missing_kernel_and_unknown_flags() {
         assert!(Args::try_parse_from(["caravel"]).is_err());
         assert!(args(&["--frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn without_a_kernel_an_api_socket_waits_for_a_migration_and_vm_options_are_refused() {
+        let a = Args::try_parse_from(["caravel", "--api-socket", "/tmp/d.sock"]).unwrap();
+        assert!(a.incoming());
+        let c = a.to_config().unwrap();
+        assert_eq!(c.api_socket.as_deref(), Some(Path::new("/tmp/d.sock")));
+        for (flag, value) in [
+            ("--memory", "size=1G"),
+            ("--cpus", "boot=2"),
+            ("--disk", "path=/x"),
+        ] {
+            let a = Args::try_parse_from(["caravel", "--api-socket", "/tmp/d.sock", flag, value])
+                .unwrap();
+            let e = a.to_config().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "{flag}: a caravel without --kernel receives its VM"
+                )),
+                "{e}"
+            );
+        }
+        // With a kernel nothing changes.
+        assert!(!args(&[]).unwrap().incoming());
     }
 
     #[test]

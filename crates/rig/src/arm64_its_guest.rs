@@ -114,7 +114,10 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
             .display()
             .to_string()
     };
-    let url = format!("unix:{}", env.tmp.join(format!("its-{group}-stream.sock")).display());
+    let url = format!(
+        "unix:{}",
+        env.tmp.join(format!("its-{group}-stream.sock")).display()
+    );
     let _ = std::fs::remove_file(sock(0));
     let mut args = caravel_args(env, group);
     args.extend(["--api-socket".into(), format!("path={}", sock(0))]);

@@ -150,7 +150,9 @@ fn count_after_move(s: &mut Session, before: u64) -> Result<u64, String> {
     std::thread::sleep(Duration::from_millis(500));
     let later = numbers(&guest_cmd(s, "cat /tmp/count")?);
     if later.first().is_none_or(|&c| c <= after) {
-        return Err(format!("the workload stopped after migrating: {later:?} after {after}"));
+        return Err(format!(
+            "the workload stopped after migrating: {later:?} after {after}"
+        ));
     }
     Ok(after)
 }
@@ -280,7 +282,9 @@ fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
     )?;
     let ok = checked.iter().filter(|l| l.trim() == "SUM-OK").count();
     if ok != 4 {
-        return Err(format!("the guest's buffers after two migrations: {checked:?}"));
+        return Err(format!(
+            "the guest's buffers after two migrations: {checked:?}"
+        ));
     }
     let Some(&last) = numbers(&checked).last() else {
         return Err("no final count".into());

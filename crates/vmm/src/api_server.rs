@@ -524,7 +524,11 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
             }
             json(&counters)
         }
-        "vm.pause" | "vm.resume" | "vm.resize" | "vm.snapshot" | "vm.send-migration"
+        "vm.pause"
+        | "vm.resume"
+        | "vm.resize"
+        | "vm.snapshot"
+        | "vm.send-migration"
         | "vm.receive-migration"
             if ctx
                 .shared

@@ -63,7 +63,7 @@ impl MemoryConfig {
     pub fn check(&self) -> Result<(), String> {
         const MAX: u64 = 1 << 40;
         let page = if self.hugepages { 2 << 20 } else { 4096 };
-        if self.size < 16 << 20 || self.size > MAX || self.size % page != 0 {
+        if self.size < 16 << 20 || self.size > MAX || !self.size.is_multiple_of(page) {
             return Err(format!(
                 "boot memory of {} bytes (16 MiB to 1 TiB, page-aligned)",
                 self.size
@@ -73,10 +73,10 @@ impl MemoryConfig {
             let block_ok = h.block_size.is_power_of_two() && h.block_size >= 2 << 20;
             let region_ok = h.hotplug_size > 0
                 && h.hotplug_size <= MAX
-                && h.hotplug_size % h.slot_size() == 0;
+                && h.hotplug_size.is_multiple_of(h.slot_size());
             let plugged_ok = h.hotplugged_size <= h.hotplug_size
                 && block_ok
-                && h.hotplugged_size % h.block_size == 0;
+                && h.hotplugged_size.is_multiple_of(h.block_size);
             if !(block_ok && region_ok && plugged_ok) {
                 return Err(format!("a virtio-mem region of {h:?}"));
             }

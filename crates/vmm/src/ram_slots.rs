@@ -47,7 +47,10 @@ impl RamSlots {
     /// `[userspace_addr, userspace_addr + memory_size)` must be a mapping
     /// that stays valid for as long as the VM can run vCPUs or the slot is
     /// set (the caller owns it and removes the slot or outlives the VM fd).
-    pub unsafe fn set(&self, mut region: kvm_userspace_memory_region) -> Result<(), kvm_ioctls::Error> {
+    pub unsafe fn set(
+        &self,
+        mut region: kvm_userspace_memory_region,
+    ) -> Result<(), kvm_ioctls::Error> {
         let mut inner = self.lock();
         region.flags = if inner.logging {
             KVM_MEM_LOG_DIRTY_PAGES

@@ -19,9 +19,9 @@ use crate::events::EventMonitor;
 use crate::hotplug::{DmaTargets, HotplugBackend};
 use crate::memory::HostMapping;
 use crate::memslots::MemSlots;
-use crate::ram_slots::RamSlots;
 use crate::pci_segment::PciSegment;
 use crate::platform;
+use crate::ram_slots::RamSlots;
 use crate::{Error, Result};
 
 /// The console UART, its interrupt an irqfd on the platform's serial GSI;

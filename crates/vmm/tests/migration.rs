@@ -126,7 +126,12 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(counter(got.vm.vm().memory()) > last, "the guest counts on");
-    let lost = got.vm.vm().memory().read_obj::<u64>(GuestAddress(LOST)).unwrap();
+    let lost = got
+        .vm
+        .vm()
+        .memory()
+        .read_obj::<u64>(GuestAddress(LOST))
+        .unwrap();
     assert_eq!(lost, 0, "the guest found its memory behind its registers");
     got.vm.request_exit(ExitReason::Shutdown);
     assert_eq!(got.vm.stop(), ExitReason::Shutdown);
@@ -169,7 +174,10 @@ fn a_cut_migration_leaves_the_source_running() {
     while counter(source.vm().memory()) == before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(counter(source.vm().memory()) > before, "the source guest runs");
+    assert!(
+        counter(source.vm().memory()) > before,
+        "the source guest runs"
+    );
     source.request_exit(ExitReason::Shutdown);
     assert_eq!(source.stop(), ExitReason::Shutdown);
 }

@@ -629,7 +629,7 @@ mod tests {
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     #[allow(unused_imports)]
-        use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress};
 
     /// A vector and the message it was routed to.
     type Route = (u16, Option<(u64, u32)>);

@@ -65,7 +65,9 @@ impl PageSet {
     pub fn add_range(&mut self, gpa: u64, len: u64) {
         let first = gpa / self.page;
         let end = gpa.saturating_add(len).div_ceil(self.page);
-        self.for_covered(first, end, |r, i| r.bits[(i / 64) as usize] |= 1 << (i % 64));
+        self.for_covered(first, end, |r, i| {
+            r.bits[(i / 64) as usize] |= 1 << (i % 64)
+        });
     }
 
     /// ORs in a dirty bitmap (bit `n` of word `n / 64` = the page at
@@ -131,7 +133,10 @@ impl PageSet {
                     continue;
                 }
                 let start = i;
-                while i < r.pages && i - start < max_pages && r.bits[(i / 64) as usize] & (1 << (i % 64)) != 0 {
+                while i < r.pages
+                    && i - start < max_pages
+                    && r.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+                {
                     i += 1;
                 }
                 out.push((r.gpa + start * self.page, (i - start) * self.page));

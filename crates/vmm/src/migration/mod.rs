@@ -169,7 +169,10 @@ impl Listener {
                     let _ = std::fs::remove_file(p);
                 }
                 let l = UnixListener::bind(p).map_err(|e| {
-                    Error::config("receiver_url", format!("cannot listen on {}: {e}", p.display()))
+                    Error::config(
+                        "receiver_url",
+                        format!("cannot listen on {}: {e}", p.display()),
+                    )
                 })?;
                 Ok(Self::Unix(l, p.clone()))
             }
@@ -275,8 +278,17 @@ mod tests {
             Endpoint::parse("destination_url", "tcp:127.0.0.1:6000").unwrap(),
             Endpoint::Tcp("127.0.0.1:6000".into())
         );
-        for bad in ["unix:", "tcp:127.0.0.1", "tcp::6000", "tcp:h:99999", "file:///x", "/tmp/m"] {
-            let e = Endpoint::parse("destination_url", bad).unwrap_err().to_string();
+        for bad in [
+            "unix:",
+            "tcp:127.0.0.1",
+            "tcp::6000",
+            "tcp:h:99999",
+            "file:///x",
+            "/tmp/m",
+        ] {
+            let e = Endpoint::parse("destination_url", bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("destination_url: "), "{bad}: {e}");
         }
     }

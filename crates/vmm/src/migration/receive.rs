@@ -161,7 +161,9 @@ impl Receiver<'_> {
                     return Err(bad(why));
                 }
                 if hello.local {
-                    return Err(bad("local migration is not supported by this Caravel".into()));
+                    return Err(bad(
+                        "local migration is not supported by this Caravel".into()
+                    ));
                 }
                 Ok(Step::More)
             }

@@ -121,7 +121,11 @@ impl Session {
             buf: Vec::new(),
         };
         s.request_json(Kind::Hello, &Hello::ours(s.opts.local), "the stream header")?;
-        s.request_json(Kind::Config, &SavedConfig::of(cfg), "the VM's configuration")?;
+        s.request_json(
+            Kind::Config,
+            &SavedConfig::of(cfg),
+            "the VM's configuration",
+        )?;
         vm.ram_slots().set_logging(true).map_err(Error::Migration)?;
         // From here on, every write is tracked: drop what devices wrote
         // before (the first pass sends everything anyway).
@@ -150,13 +154,18 @@ impl Session {
         let reply: Reply = frame.json().map_err(Error::Migration)?;
         match reply.error {
             None => Ok(()),
-            Some(e) => Err(Error::Migration(format!("the destination refused {what}: {e}"))),
+            Some(e) => Err(Error::Migration(format!(
+                "the destination refused {what}: {e}"
+            ))),
         }
     }
 
     /// The memory to send now: boot RAM and the plugged virtio-mem runs.
     fn ranges(vm: &Vm) -> Vec<(u64, u64)> {
-        let boot = vm.ram().boot_mappings().map(|(gpa, m)| (gpa, m.len() as u64));
+        let boot = vm
+            .ram()
+            .boot_mappings()
+            .map(|(gpa, m)| (gpa, m.len() as u64));
         boot.chain(vm.device_view().plugged_runs()).collect()
     }
 
@@ -174,7 +183,11 @@ impl Session {
         }
         let plugged = vm.device_view().plugged_runs();
         for &(gpa, len) in &plugged {
-            if !self.plugged.iter().any(|&(g, l)| g <= gpa && gpa + len <= g + l) {
+            if !self
+                .plugged
+                .iter()
+                .any(|&(g, l)| g <= gpa && gpa + len <= g + l)
+            {
                 self.pending.add_range(gpa, len);
             }
         }
@@ -291,7 +304,12 @@ impl Session {
     /// Finishes on the paused VM: the last dirty pages, then the state
     /// (disk locks are given up for the destination just before). On an
     /// error the disk locks are taken back; the caller resumes the guest.
-    pub fn finish(&mut self, vm: &Vm, paused_at: Instant, progress: Progress) -> Result<MigrationInfo> {
+    pub fn finish(
+        &mut self,
+        vm: &Vm,
+        paused_at: Instant,
+        progress: Progress,
+    ) -> Result<MigrationInfo> {
         self.info.phase = MigrationPhase::Stopped;
         progress(&self.info);
         // The state first: saving the ITS writes its tables into guest

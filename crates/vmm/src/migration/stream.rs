@@ -221,8 +221,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, FrameError> {
 impl Frame {
     /// The payload as JSON of `T`; the message names the frame.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|e| format!("bad {:?} frame: {e}", self.kind))
+        serde_json::from_slice(&self.payload).map_err(|e| format!("bad {:?} frame: {e}", self.kind))
     }
 
     /// A memory frame's guest address and pages.
@@ -234,7 +233,10 @@ impl Frame {
             ));
         }
         let (addr, data) = self.payload.split_at(8);
-        Ok((u64::from_le_bytes(addr.try_into().unwrap_or_default()), data))
+        Ok((
+            u64::from_le_bytes(addr.try_into().unwrap_or_default()),
+            data,
+        ))
     }
 
     /// Refuses a frame that is not of kind `want` (`doing` says what the
@@ -264,7 +266,12 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split_parts_are_one_payload() {
         let mut v = Vec::new();
-        write_frame(&mut v, Kind::Memory, &[&0x1000u64.to_le_bytes(), &[7u8; 4096]]).unwrap();
+        write_frame(
+            &mut v,
+            Kind::Memory,
+            &[&0x1000u64.to_le_bytes(), &[7u8; 4096]],
+        )
+        .unwrap();
         write_json(&mut v, Kind::Reply, &Reply { error: None }).unwrap();
         let mut r = &v[..];
         let f = read_frame(&mut r).unwrap();
@@ -298,7 +305,10 @@ mod tests {
         assert!(matches!(read_frame(&mut &k[..]), Err(FrameError::Kind(99))));
         let mut l = good.clone();
         l[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(read_frame(&mut &l[..]), Err(FrameError::Length(_))));
+        assert!(matches!(
+            read_frame(&mut &l[..]),
+            Err(FrameError::Length(_))
+        ));
         // Out of order: a State where a Hello must come first.
         let f = read_frame(&mut &good[..]).unwrap();
         let e = f.expect(Kind::Hello, "to open the stream").unwrap_err();
@@ -315,7 +325,10 @@ mod tests {
             version: 2,
             ..Hello::ours(false)
         };
-        assert!(v2.refusal().unwrap().contains("stream version 2 is not the 1"));
+        assert!(v2
+            .refusal()
+            .unwrap()
+            .contains("stream version 2 is not the 1"));
         let other = Hello {
             arch: "riscv64".into(),
             ..Hello::ours(false)
