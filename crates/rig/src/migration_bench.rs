@@ -20,30 +20,18 @@ use crate::control::Control;
 use crate::guest::guest_cmd;
 use crate::migration_scenarios::{destination, finished, remote_child};
 use crate::session::Session;
+use crate::snapshot_bench::{caravel_guest_args, until, CMDLINE};
 use crate::Env;
 
 const MIB: u64 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(180);
 const RUNS: usize = 3;
-const CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive";
 
 #[derive(Default, Clone, Copy)]
 struct Row {
     total_ms: f64,
     downtime_ms: f64,
     bytes: u64,
-}
-
-fn until<F: FnMut() -> Result<bool, String>>(what: &str, mut f: F) -> Result<(), String> {
-    let deadline = Instant::now() + TIMEOUT;
-    while !f()? {
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
 }
 
 /// Boots, waits for 256 MiB plugged, fills 64 MiB, starts the counter.
@@ -78,22 +66,7 @@ fn caravel(env: &Env, run: usize) -> Result<Row, String> {
     let dsock = env.tmp.join("bench-mig-dst.sock").display().to_string();
     let url = format!("unix:{}", env.tmp.join("bench-mig.sock").display());
     let _ = std::fs::remove_file(&sock);
-    let args: Vec<String> = [
-        "--kernel",
-        &env.guest("vmlinux"),
-        "--initramfs",
-        &env.guest("initrd.cpio.gz"),
-        "--cmdline",
-        CMDLINE,
-        "--memory",
-        "size=512M,hotplug_method=virtio-mem,hotplug_size=1G,hotplugged_size=256M",
-        "--api-socket",
-        &format!("path={sock}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    let mut s = Session::spawn(&env.bin("caravel"), &caravel_guest_args(env, &sock))?;
     prepare(&mut s, &mut Control::Caravel(sock.clone()))?;
     let mut d = destination(env, &dsock, &[])?;
     let recv = remote_child(env, &dsock, &["receive-migration", &url])?;

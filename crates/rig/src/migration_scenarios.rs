@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::guest::{expect_exit, guest_cmd, remote, BOOT_TIMEOUT};
 use crate::mem_scenarios::{check_total, mem_total, resize_wait};
 use crate::session::Session;
+use crate::snapshot_scenarios::{numbers, sector};
 use crate::Env;
 
 const MIB: u64 = 1 << 20;
@@ -36,24 +37,6 @@ pub fn live_migration(env: &Env) -> Result<String, String> {
 /// aarch64: Image, 2 vCPUs, GICv3 + ITS (MSI-X through the ITS).
 pub fn live_migration_arm64(env: &Env) -> Result<String, String> {
     migrate_with(env, "arm64-mig", crate::arm64_scenarios::hotplug_args)
-}
-
-fn numbers(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter_map(|l| l.trim().parse::<u64>().ok())
-        .collect()
-}
-
-fn sector(disk: &std::path::Path, n: u64) -> String {
-    use std::os::unix::fs::FileExt;
-    let mut b = [0u8; 512];
-    let _ = std::fs::File::open(disk).and_then(|f| f.read_exact_at(&mut b, n * 512));
-    String::from_utf8_lossy(&b)
-        .split('\n')
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 /// A destination: `caravel --api-socket SOCK` without a kernel, plus

@@ -22,7 +22,7 @@ use crate::Env;
 
 const MIB: u64 = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(120);
-const CMDLINE: &str =
+pub const CMDLINE: &str =
     "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive";
 
 #[derive(Default)]
@@ -40,7 +40,8 @@ fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
-fn until<F: FnMut() -> Result<bool, String>>(what: &str, mut f: F) -> Result<(), String> {
+/// Polls `f` until it says done (or fails), for up to two minutes.
+pub fn until<F: FnMut() -> Result<bool, String>>(what: &str, mut f: F) -> Result<(), String> {
     let deadline = Instant::now() + TIMEOUT;
     while !f()? {
         if Instant::now() > deadline {
@@ -82,20 +83,10 @@ fn first_run(events: &Path) -> Option<f64> {
     })
 }
 
-fn caravel(env: &Env, prefault: bool) -> Result<Row, String> {
-    caravel_steps(env, prefault).map_err(|e| format!("Caravel: {e}"))
-}
-
-fn caravel_steps(env: &Env, prefault: bool) -> Result<Row, String> {
-    let sock = env.tmp.join("bench-snap.sock").display().to_string();
-    let sock2 = env.tmp.join("bench-snap2.sock").display().to_string();
-    let dir = env.tmp.join("bench-snap");
-    let events = env.tmp.join("bench-snap-events.jsonl");
-    for p in [&sock, &sock2] {
-        let _ = std::fs::remove_file(p);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let args: Vec<String> = [
+/// Caravel's command line for the benchmarks' guest: 512 MiB boot RAM, a
+/// 1 GiB virtio-mem region with 256 MiB plugged, the API on `sock`.
+pub fn caravel_guest_args(env: &Env, sock: &str) -> Vec<String> {
+    [
         "--kernel",
         &env.guest("vmlinux"),
         "--initramfs",
@@ -109,8 +100,23 @@ fn caravel_steps(env: &Env, prefault: bool) -> Result<Row, String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
-    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    .collect()
+}
+
+fn caravel(env: &Env, prefault: bool) -> Result<Row, String> {
+    caravel_steps(env, prefault).map_err(|e| format!("Caravel: {e}"))
+}
+
+fn caravel_steps(env: &Env, prefault: bool) -> Result<Row, String> {
+    let sock = env.tmp.join("bench-snap.sock").display().to_string();
+    let sock2 = env.tmp.join("bench-snap2.sock").display().to_string();
+    let dir = env.tmp.join("bench-snap");
+    let events = env.tmp.join("bench-snap-events.jsonl");
+    for p in [&sock, &sock2] {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut s = Session::spawn(&env.bin("caravel"), &caravel_guest_args(env, &sock))?;
     prepare(&mut s, &mut Control::Caravel(sock.clone()))?;
     remote(env, &sock, "pause")?;
     let url = format!("file://{}", dir.display());

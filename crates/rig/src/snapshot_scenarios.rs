@@ -17,7 +17,8 @@ const MIB: u64 = 1 << 20;
 /// Disk sectors the workload cycles through.
 const SECTORS: u64 = 2000;
 
-fn numbers(lines: &[String]) -> Vec<u64> {
+/// The lines that are numbers.
+pub fn numbers(lines: &[String]) -> Vec<u64> {
     lines
         .iter()
         .filter_map(|l| l.trim().parse::<u64>().ok())
@@ -25,7 +26,7 @@ fn numbers(lines: &[String]) -> Vec<u64> {
 }
 
 /// The 512-byte sector `n` of `disk`, up to its first newline.
-fn sector(disk: &std::path::Path, n: u64) -> String {
+pub fn sector(disk: &std::path::Path, n: u64) -> String {
     use std::os::unix::fs::FileExt;
     let mut b = [0u8; 512];
     let _ = std::fs::File::open(disk).and_then(|f| f.read_exact_at(&mut b, n * 512));

@@ -246,12 +246,7 @@ impl Vmm {
             let guest = match arrived.take() {
                 Some(running) => Guest::Running(running),
                 None => {
-                    let out = console::open_output(
-                        &cfg.serial,
-                        "--serial",
-                        "serial-out",
-                        serial_dropped.clone(),
-                    )?;
+                    let out = serial_output(cfg, &serial_dropped)?;
                     match restore.take() {
                         Some(r) => {
                             let vm = Vm::new_for_restore(cfg, out, events.clone())?;
@@ -384,12 +379,7 @@ impl Vmm {
                     ApiCommand::ReceiveMigration(at) => {
                         let cancel = self.signal_event.as_ref().map(|e| e.as_raw_fd());
                         let mut make_vm = |cfg: &VmConfig, ram| {
-                            let out = console::open_output(
-                                &cfg.serial,
-                                "--serial",
-                                "serial-out",
-                                serial_dropped.clone(),
-                            )?;
+                            let out = serial_output(cfg, serial_dropped)?;
                             Vm::new_for_migration(cfg, out, events.clone(), ram)
                         };
                         let result = crate::migration::Listener::bind(&at).and_then(|l| {
@@ -460,7 +450,7 @@ impl Vmm {
                     .unwrap_or_else(|e| e.into_inner())
                     .migration
                     .clone()
-                    .unwrap_or_else(crate::migration::empty_info)
+                    .unwrap_or_else(|| crate::migration::empty_info("source"))
             };
             progress(&info);
             Response::error(500, &e.to_string())
@@ -753,6 +743,15 @@ impl Vmm {
         }
         Ok(reason)
     }
+}
+
+/// COM1's output for a boot of `cfg` (`dropped` counts what the host did
+/// not take).
+fn serial_output(
+    cfg: &VmConfig,
+    dropped: &Arc<AtomicU64>,
+) -> Result<devices::serial::SerialOutput> {
+    console::open_output(&cfg.serial, "--serial", "serial-out", dropped.clone())
 }
 
 fn json_response<T: serde::Serialize>(v: &T) -> Response {

@@ -240,10 +240,11 @@ impl Drop for Listener {
     }
 }
 
-/// Progress before anything happened.
-pub fn empty_info() -> api::types::MigrationInfo {
+/// Progress of a migration in `role` (`source` or `destination`) before
+/// anything happened.
+pub fn empty_info(role: &str) -> api::types::MigrationInfo {
     api::types::MigrationInfo {
-        role: "source".into(),
+        role: role.into(),
         phase: api::types::MigrationPhase::Setup,
         iterations: 0,
         memory_bytes: 0,

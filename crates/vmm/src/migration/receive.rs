@@ -59,19 +59,7 @@ pub fn receive<S: Read + Write>(
 ) -> Result<Received> {
     let mut r = Receiver {
         host,
-        info: MigrationInfo {
-            role: "destination".into(),
-            phase: MigrationPhase::Setup,
-            iterations: 0,
-            memory_bytes: 0,
-            stream_bytes: 0,
-            dirty_bytes: 0,
-            dirty_rate: 0,
-            throughput: 0,
-            total_ms: 0,
-            downtime_ms: None,
-            error: None,
-        },
+        info: super::empty_info("destination"),
         started: Instant::now(),
         config: None,
         vm: None,

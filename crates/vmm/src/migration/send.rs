@@ -92,19 +92,7 @@ impl Session {
             ));
         }
         let started = Instant::now();
-        let mut info = MigrationInfo {
-            role: "source".into(),
-            phase: MigrationPhase::Setup,
-            iterations: 0,
-            memory_bytes: 0,
-            stream_bytes: 0,
-            dirty_bytes: 0,
-            dirty_rate: 0,
-            throughput: 0,
-            total_ms: 0,
-            downtime_ms: None,
-            error: None,
-        };
+        let mut info = super::empty_info("source");
         progress(&info);
         let conn = Conn::connect(&opts.to, CONNECT_WAIT)
             .map_err(fail("cannot connect to the destination"))?;
