@@ -14,7 +14,7 @@
 //! whether the guest's counter went on on the destination.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::control::Control;
 use crate::guest::guest_cmd;
