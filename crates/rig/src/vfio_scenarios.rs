@@ -196,6 +196,28 @@ fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
         return Err("a refused snapshot left a state file".into());
     }
     crate::guest::remote(env, &sock, "resume")?;
+    // Nor can a live migration: refused up front, the guest runs on.
+    let url = format!("unix:{}", env.tmp.join("vfio-mig.sock").display());
+    let out = std::process::Command::new(env.bin("caravel-remote"))
+        .args(["--api-socket", &sock, "send-migration", &url])
+        .output()
+        .map_err(|e| format!("cannot run caravel-remote: {e}"))?;
+    let migration = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if out.status.success() || !migration.contains("passed-through devices (vfio0)") {
+        return Err(format!(
+            "vm.send-migration with a VF: {} {migration}",
+            out.status
+        ));
+    }
+    let info = crate::guest::remote(env, &sock, "info")?;
+    if !info.contains("\"Running\"") {
+        return Err(format!(
+            "after the refused migration the VM is not running: {info}"
+        ));
+    }
     s.send("poweroff -f")?;
     expect_exit(&mut s, 0)?;
     // Boot RAM (256 MiB) is pinned at start; +512 MiB plugged, then unplugged.
@@ -204,7 +226,7 @@ fn passthrough_with_virtio_mem(env: &Env) -> Result<String, String> {
             "pinned (VmLck) {boot} -> {grown} -> {shrunk} MiB; expected 256 -> 768 -> 256"
         ));
     }
-    Ok(format!("pinned for device DMA: {boot} -> {grown} -> {shrunk} MiB as the guest plugged and unplugged 512 MiB; vm.snapshot refused: {refusal}"))
+    Ok(format!("pinned for device DMA: {boot} -> {grown} -> {shrunk} MiB as the guest plugged and unplugged 512 MiB; vm.snapshot refused: {refusal}; vm.send-migration refused: {migration}"))
 }
 
 fn a(s: &str) -> PciAddress {

@@ -860,4 +860,39 @@ mod tests {
         vmm.join().unwrap();
         assert_eq!(call(&path, Method::Put, "/api/v1/vm.shutdown").status, 204);
     }
+
+    #[test]
+    fn changes_to_the_vm_are_refused_while_it_migrates() {
+        let sh = shared();
+        sh.lock().unwrap().migration = Some(api::types::MigrationInfo {
+            phase: api::types::MigrationPhase::Precopy,
+            ..crate::migration::empty_info("source")
+        });
+        let (tx, _rx) = mpsc::channel();
+        let ctx = ServerContext {
+            shared: sh.clone(),
+            tx,
+            wake: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+        };
+        let put = |path: &str, body: &[u8]| Request {
+            method: Method::Put,
+            path: format!("{}{path}", api::API_PREFIX),
+            body: body.to_vec(),
+        };
+        for (endpoint, body) in [
+            ("vm.resize", &br#"{"desired_ram": 536870912}"#[..]),
+            ("vm.pause", b""),
+            ("vm.snapshot", br#"{"destination_url": "file:///tmp/x"}"#),
+            (
+                "vm.send-migration",
+                br#"{"destination_url": "unix:/tmp/m"}"#,
+            ),
+        ] {
+            let r = route(&put(endpoint, body), &ctx);
+            assert_eq!(r.status, 409, "{endpoint}");
+        }
+        // Done: allowed again (the command then goes to the VMM, absent here).
+        sh.lock().unwrap().migration.as_mut().unwrap().phase = api::types::MigrationPhase::Failed;
+        assert!(!sh.lock().unwrap().migrating());
+    }
 }

@@ -5,17 +5,37 @@
 //! `KVM_MEM_LOG_DIRTY_PAGES` on and off for all of them at once and read
 //! their dirty bitmaps; a slot added while logging is on logs from the start.
 //! (The BARs of passed-through devices are not RAM and are not kept here.)
+//!
+//! Where the host has `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`, reading a slot's
+//! log does not re-protect its pages by itself: [`RamSlots::take_dirty`]
+//! clears exactly the pages it read with `KVM_CLEAR_DIRTY_LOG` (only those
+//! get write-protected again); elsewhere `KVM_GET_DIRTY_LOG` does both.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+    KVM_MEM_LOG_DIRTY_PAGES,
+};
 use kvm_ioctls::VmFd;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iowr_nr;
+
+ioctl_iowr_nr!(
+    KVM_CLEAR_DIRTY_LOG,
+    kvm_bindings::KVMIO,
+    0xc0,
+    kvm_clear_dirty_log
+);
 
 /// The RAM slots of one VM.
 pub struct RamSlots {
     vm: Arc<VmFd>,
     inner: Mutex<Inner>,
+    /// Manual dirty-log protection is on (`KVM_CLEAR_DIRTY_LOG`).
+    manual_protect: bool,
 }
 
 #[derive(Default)]
@@ -27,12 +47,32 @@ struct Inner {
 }
 
 impl RamSlots {
-    /// No slots yet on `vm`.
+    /// No slots yet on `vm`; manual dirty-log protection on where the
+    /// host has it.
     pub fn new(vm: Arc<VmFd>) -> Self {
+        let supported = vm.check_extension_raw(u64::from(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) as _);
+        let manual_protect = supported > 0
+            && u64::try_from(supported).unwrap_or(0)
+                & u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE)
+                != 0
+            && vm
+                .enable_cap(&kvm_enable_cap {
+                    cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                    args: [u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE), 0, 0, 0],
+                    ..Default::default()
+                })
+                .is_ok();
         Self {
             vm,
             inner: Mutex::default(),
+            manual_protect,
         }
+    }
+
+    /// Whether pages read from the dirty log are re-protected one by one
+    /// (`KVM_CLEAR_DIRTY_LOG`) rather than by the read itself.
+    pub fn manual_protect(&self) -> bool {
+        self.manual_protect
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -103,19 +143,49 @@ impl RamSlots {
     }
 
     /// Hands `f` each slot's pages written by vCPUs since logging started or
-    /// since the last call: (guest address, one bit per host page); KVM
-    /// clears the bits and write-protects the pages again.
+    /// since the last call: (guest address, one bit per host page). Those
+    /// pages are write-protected again before `f` sees them, so a write
+    /// after the caller reads a page shows up in the next call.
     pub fn take_dirty(&self, mut f: impl FnMut(u64, &[u64])) -> Result<(), String> {
         let inner = self.lock();
         if !inner.logging {
             return Err("dirty logging is off".into());
         }
         for r in inner.slots.values() {
-            let bits = self
+            let mut bits = self
                 .vm
                 .get_dirty_log(r.slot, r.memory_size as usize)
                 .map_err(|e| format!("KVM_GET_DIRTY_LOG (slot {}): {e}", r.slot))?;
+            if self.manual_protect && bits.iter().any(|&w| w != 0) {
+                self.clear(r, &mut bits)?;
+            }
             f(r.guest_phys_addr, &bits);
+        }
+        Ok(())
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG` of the whole slot with the bits just read.
+    fn clear(&self, r: &kvm_userspace_memory_region, bits: &mut [u64]) -> Result<(), String> {
+        let pages = r.memory_size / super::migration::page_size();
+        let mut c = kvm_clear_dirty_log {
+            slot: r.slot,
+            num_pages: u32::try_from(pages)
+                .map_err(|_| format!("slot {} has too many pages to clear", r.slot))?,
+            first_page: 0,
+            ..Default::default()
+        };
+        c.__bindgen_anon_1.dirty_bitmap = bits.as_mut_ptr().cast();
+        // SAFETY: `c` describes this slot's pages and points at `bits`, a
+        // bitmap of at least `num_pages` bits (KVM_GET_DIRTY_LOG sized it
+        // for the slot), alive and not otherwise borrowed for the call; the
+        // kernel reads it (and may clear bits in it).
+        let ret = unsafe { ioctl_with_ref(&*self.vm, KVM_CLEAR_DIRTY_LOG(), &c) };
+        if ret != 0 {
+            return Err(format!(
+                "KVM_CLEAR_DIRTY_LOG (slot {}): {}",
+                r.slot,
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }
@@ -149,6 +219,7 @@ mod tests {
         let a = HostMapping::anonymous(1 << 20, 1 << 21).unwrap();
         let b = HostMapping::anonymous(1 << 20, 1 << 21).unwrap();
         let slots = RamSlots::new(vm);
+        eprintln!("manual dirty-log protection: {}", slots.manual_protect());
         let region = |slot, gpa, m: &HostMapping| kvm_userspace_memory_region {
             slot,
             flags: 0,
