@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         entry: 0,
     }));
     let mut refuse = |_: &VmConfig, _| Err(vmm::Error::Migration("no VM in the fuzzer".into()));
-    let err = receive(&mut Wire(&input), &host, &mut refuse, &|_| ());
+    let mut no_fds = |_| Err(std::io::Error::other("no memory files in the fuzzer"));
+    let err = receive(&mut Wire(&input), &host, &mut refuse, &mut no_fds, &|_| ());
     assert!(err.is_err(), "a fuzzed stream never yields a running VM");
 });

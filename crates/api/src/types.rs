@@ -100,7 +100,7 @@ pub struct VmSendMigrationData {
     /// `unix:/path` or `tcp:HOST:PORT`.
     pub destination_url: String,
     /// Same-host migration: guest memory (shared=on) is handed over as
-    /// file descriptors instead of being copied.
+    /// file descriptors over the unix: socket instead of being copied.
     #[serde(default)]
     pub local: bool,
     /// The pause the guest may see, in milliseconds (default 300): pre-copy

@@ -62,8 +62,9 @@ pub enum Command {
         /// Where the destination listens: unix:/path or tcp:HOST:PORT.
         #[arg(value_name = "URL")]
         destination_url: String,
-        /// Same-host migration handing memory over as file descriptors
-        /// (not supported yet: refused with a message).
+        /// Same-host migration: guest memory (shared=on or hugepages=on)
+        /// is handed over as file descriptors over the unix: socket instead
+        /// of being copied; the guest pauses only for the state.
         #[arg(long)]
         local: bool,
         /// The pause the guest may see, in milliseconds: pre-copy stops when

@@ -134,7 +134,7 @@ fn run_migrating(env: &Env, group: &str, want: usize) -> Result<String, String> 
         }
         let n = migrations.len();
         let (next, figures) =
-            crate::migration_scenarios::hop(env, &mut s, &sock(n), &sock(n + 1), &url, &[])
+            crate::migration_scenarios::hop(env, &mut s, &sock(n), &sock(n + 1), &url, &[], &[])
                 .map_err(|e| format!("{e}\n{}", s.tail()))?;
         lines.append(&mut s.transcript);
         s = next;

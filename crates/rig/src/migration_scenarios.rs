@@ -25,18 +25,21 @@ const SECTORS: u64 = 2000;
 /// the API on a socket, plus `extra`.
 type StartArgs = fn(&Env, &str, &[&str]) -> Vec<String>;
 
-/// x86_64: vmlinux, 2 vCPUs.
+/// x86_64: vmlinux, 2 vCPUs, memory `shared=on` so that the first hop is
+/// a local one (`--local`: the memfds are handed over, nothing copied).
 pub fn live_migration(env: &Env) -> Result<String, String> {
-    migrate_with(env, "mig", |env, sock, extra| {
+    let start: StartArgs = |env, sock, extra| {
         let mut a = extra.to_vec();
         a.extend(["--cpus", "boot=2"]);
-        crate::mem_scenarios::hotplug_args(env, sock, "", &a)
-    })
+        crate::mem_scenarios::hotplug_args(env, sock, ",shared=on", &a)
+    };
+    migrate_with(env, "mig", start, &["--local"])
 }
 
-/// aarch64: Image, 2 vCPUs, GICv3 + ITS (MSI-X through the ITS).
+/// aarch64: Image, 2 vCPUs, GICv3 + ITS (MSI-X through the ITS); private
+/// memory, copied on every hop.
 pub fn live_migration_arm64(env: &Env) -> Result<String, String> {
-    migrate_with(env, "arm64-mig", crate::arm64_scenarios::hotplug_args)
+    migrate_with(env, "arm64-mig", crate::arm64_scenarios::hotplug_args, &[])
 }
 
 /// A destination: `caravel --api-socket SOCK` without a kernel, plus
@@ -87,8 +90,9 @@ pub fn finished(child: Child, what: &str) -> Result<String, String> {
 }
 
 /// Migrates the guest of `from` (API `from_sock`) to a new destination
-/// (API `to_sock`, started with `to_args`) listening on `url`; returns the
-/// destination and the source's figures in one line.
+/// (API `to_sock`, started with `to_args`) listening on `url`, with
+/// `send_args` for `send-migration`; returns the destination and the
+/// source's figures in one line.
 pub fn hop(
     env: &Env,
     from: &mut Session,
@@ -96,17 +100,25 @@ pub fn hop(
     to_sock: &str,
     url: &str,
     to_args: &[String],
+    send_args: &[&str],
 ) -> Result<(Session, String), String> {
     let to = destination(env, to_sock, to_args)?;
     let recv = remote_child(env, to_sock, &["receive-migration", url])?;
-    let send = remote_child(env, from_sock, &["send-migration", url])?;
+    let mut args = vec!["send-migration", url];
+    args.extend(send_args);
+    let send = remote_child(env, from_sock, &args)?;
     let summary = finished(send, "send-migration")?;
     finished(recv, "receive-migration")?;
     expect_exit(from, 0).map_err(|e| format!("the source after migrating: {e}"))?;
     let v: serde_json::Value =
         serde_json::from_str(&summary).map_err(|e| format!("summary {summary:?}: {e}"))?;
     let line = format!(
-        "{url}: {} passes, {} MiB memory ({} MiB on the wire), downtime {} ms, total {} ms",
+        "{url}{}: {} passes, {} MiB memory ({} MiB on the wire), downtime {} ms, total {} ms",
+        if send_args.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", send_args.join(" "))
+        },
         v["iterations"],
         v["memory_bytes"].as_u64().unwrap_or(0) / MIB,
         v["stream_bytes"].as_u64().unwrap_or(0) / MIB,
@@ -140,7 +152,12 @@ fn count_after_move(s: &mut Session, before: u64) -> Result<u64, String> {
     Ok(after)
 }
 
-fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String> {
+fn migrate_with(
+    env: &Env,
+    tag: &str,
+    start: StartArgs,
+    first_hop: &[&str],
+) -> Result<String, String> {
     let disk = env.tmp.join(format!("rig-{tag}-disk.img"));
     std::fs::write(&disk, vec![0u8; (SECTORS * 512) as usize]).map_err(|e| e.to_string())?;
     let hvc: Vec<_> = ["a", "b", "c", "d"]
@@ -202,7 +219,15 @@ fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
 
     // A -> B over a Unix socket.
     let unix_url = format!("unix:{}", stream_sock.display());
-    let (mut b, hop1) = hop(env, &mut a, &sa, &sb, &unix_url, &console_file(&hvc[1]))?;
+    let (mut b, hop1) = hop(
+        env,
+        &mut a,
+        &sa,
+        &sb,
+        &unix_url,
+        &console_file(&hvc[1]),
+        first_hop,
+    )?;
     drop(a);
     let count_b = count_after_move(&mut b, count_a)?;
     resize_wait(env, &sb, "768M", 60)?;
@@ -211,7 +236,7 @@ fn migrate_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
 
     // B -> C over TCP.
     let tcp_url = format!("tcp:127.0.0.1:{port}");
-    let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &console_file(&hvc[2]))?;
+    let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &console_file(&hvc[2]), &[])?;
     drop(b);
     let count_c = count_after_move(&mut c, count_b)?;
 

@@ -84,6 +84,30 @@ impl HostMapping {
             Backing::Shared => Some(memfd("caravel-ram", false, size)?),
             Backing::HugeTlb => Some(memfd("caravel-ram-huge", true, size)?),
         };
+        Self::map(size, align, memfd, reserve, backing != Backing::HugeTlb)
+    }
+
+    /// Maps `size` bytes of `file` shared: guest memory another Caravel
+    /// made (a local migration's source hands its memfds over). The file
+    /// must be at least `size` long (a shorter one would fault later).
+    pub fn from_file(file: File, size: usize, align: usize) -> std::io::Result<Self> {
+        if file.metadata()?.len() < size as u64 {
+            return Err(std::io::Error::other(format!(
+                "the memory file is shorter than the {size} bytes it should back"
+            )));
+        }
+        Self::map(size, align, Some(file), false, true)
+    }
+
+    /// The mapping itself: `memfd` shared, or anonymous memory;
+    /// transparent huge pages asked for with `thp`.
+    fn map(
+        size: usize,
+        align: usize,
+        memfd: Option<File>,
+        reserve: bool,
+        thp: bool,
+    ) -> std::io::Result<Self> {
         let reserve_len = size
             .checked_add(align)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
@@ -137,7 +161,7 @@ impl HostMapping {
             unsafe { libc::munmap(start as *mut libc::c_void, size) };
             return Err(e);
         }
-        if backing != Backing::HugeTlb {
+        if thp {
             // SAFETY: `addr` is the start of the mapping just created, `size` long.
             let ret = unsafe { libc::madvise(addr, size, libc::MADV_HUGEPAGE) };
             if ret != 0 {
@@ -157,6 +181,11 @@ impl HostMapping {
     /// Private anonymous memory (tests, simple callers).
     pub fn anonymous(size: usize, align: usize) -> std::io::Result<Self> {
         Self::new(size, align, Backing::Anonymous, false)
+    }
+
+    /// The memfd behind a shared mapping (none for anonymous memory).
+    pub fn file(&self) -> Option<&File> {
+        self.memfd.as_ref()
     }
 
     /// Host address of the first byte.
@@ -291,6 +320,50 @@ impl GuestRam {
         hotplug: Option<(u64, u64)>,
         backing: Backing,
     ) -> Result<Self> {
+        Self::build(ranges, hotplug, |size, boot| {
+            let reserve = boot && backing == Backing::HugeTlb;
+            HostMapping::new(size, HOST_ALIGN, backing, reserve).map_err(|e| {
+                let hint = if backing == Backing::HugeTlb {
+                    " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)"
+                } else {
+                    ""
+                };
+                Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}{hint}"))
+            })
+        })
+    }
+
+    /// Boot RAM `ranges` and the hotplug region backed by `files`, one per
+    /// range in that order (a local migration's source's memfds).
+    pub fn from_files(
+        ranges: &[(u64, u64)],
+        hotplug: Option<(u64, u64)>,
+        files: Vec<File>,
+    ) -> Result<Self> {
+        let want = ranges.len() + usize::from(hotplug.is_some());
+        if files.len() != want {
+            return Err(Error::Memory(format!(
+                "{} memory files for {want} guest memory ranges",
+                files.len()
+            )));
+        }
+        let mut files = files.into_iter();
+        Self::build(ranges, hotplug, |size, _| {
+            let file = files
+                .next()
+                .ok_or_else(|| Error::Memory("a memory file is missing".into()))?;
+            HostMapping::from_file(file, size, HOST_ALIGN)
+                .map_err(|e| Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}")))
+        })
+    }
+
+    /// Guest RAM of `ranges` and `hotplug`, each mapped by
+    /// `map(size, is_boot_ram)`.
+    fn build(
+        ranges: &[(u64, u64)],
+        hotplug: Option<(u64, u64)>,
+        mut map: impl FnMut(usize, bool) -> Result<HostMapping>,
+    ) -> Result<Self> {
         let mut regions = Vec::new();
         let mut mappings = Vec::new();
         let all = ranges
@@ -298,17 +371,7 @@ impl GuestRam {
             .map(|&r| (r, true))
             .chain(hotplug.map(|r| (r, false)));
         for ((gpa, size), boot) in all {
-            let reserve = boot && backing == Backing::HugeTlb;
-            let map = Arc::new(
-                HostMapping::new(size as usize, HOST_ALIGN, backing, reserve).map_err(|e| {
-                    let hint = if backing == Backing::HugeTlb {
-                        " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)"
-                    } else {
-                        ""
-                    };
-                    Error::Memory(format!("cannot map {size} bytes of guest RAM: {e}{hint}"))
-                })?,
-            );
+            let map = Arc::new(map(size as usize, boot)?);
             // The region lives next to `map` in this GuestRam.
             regions.push(map.region(0, size, gpa)?);
             mappings.push(map);

@@ -103,12 +103,29 @@ impl Vm {
 
     /// Maps guest memory for `cfg`: boot RAM and the virtio-mem region.
     pub fn guest_ram(cfg: &VmConfig) -> Result<memory::GuestRam> {
+        let (ranges, hotplug) = Self::memory_ranges(cfg);
+        memory::GuestRam::with_backing(&ranges, hotplug, backing(cfg))
+    }
+
+    /// Guest memory for `cfg` from `files`, the memfds of a VM of the same
+    /// configuration (a local migration), in [`memory::GuestRam::mappings`]
+    /// order.
+    pub fn guest_ram_from_files(
+        cfg: &VmConfig,
+        files: Vec<std::fs::File>,
+    ) -> Result<memory::GuestRam> {
+        let (ranges, hotplug) = Self::memory_ranges(cfg);
+        memory::GuestRam::from_files(&ranges, hotplug, files)
+    }
+
+    /// Boot RAM ranges and the hotplug region of `cfg`.
+    fn memory_ranges(cfg: &VmConfig) -> (Vec<(u64, u64)>, Option<(u64, u64)>) {
         let mem_layout = MemoryLayout::new(cfg.memory.size);
-        let hotplug_region = cfg
+        let hotplug = cfg
             .memory
             .hotplug
             .map(|h| (mem_layout.hotplug_start(), h.hotplug_size));
-        memory::GuestRam::with_backing(&mem_layout.ram_ranges(), hotplug_region, backing(cfg))
+        (mem_layout.ram_ranges(), hotplug)
     }
 
     fn build(

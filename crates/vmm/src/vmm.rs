@@ -389,10 +389,20 @@ impl Vmm {
                                 return Ok(None);
                             };
                             crate::migration::receive::prepare(&conn)?;
+                            // A local migration's memory files arrive on
+                            // the same Unix socket.
+                            let fd_sock = conn.unix().and_then(|u| u.try_clone().ok());
+                            let mut fds = |n| match &fd_sock {
+                                Some(u) => crate::migration::recv_fds(u, n),
+                                None => Err(std::io::Error::other(
+                                    "memory files need a Unix socket (unix: URL)",
+                                )),
+                            };
                             crate::migration::receive::receive(
                                 &mut conn,
                                 &self.config,
                                 &mut make_vm,
+                                &mut fds,
                                 &progress,
                             )
                             .map(Some)

@@ -85,10 +85,12 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
     let host = cfg.clone();
     let dest = std::thread::spawn(move || -> Received {
         let mut conn = listener.accept(None).unwrap().unwrap();
+        let conn_unix = conn.unix().map(|u| u.try_clone().unwrap());
         let mut make_vm = |cfg: &VmConfig, ram: vmm::memory::GuestRam| {
             Vm::new_for_migration(cfg, Box::new(std::io::sink()), None, ram)
         };
-        receive(&mut conn, &host, &mut make_vm, &no_progress).unwrap()
+        let mut fds = |n| vmm::migration::recv_fds(conn_unix.as_ref().unwrap(), n);
+        receive(&mut conn, &host, &mut make_vm, &mut fds, &no_progress).unwrap()
     });
 
     let source = Vm::new(&cfg, Box::new(std::io::sink()), None, None)
@@ -135,6 +137,96 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
     assert_eq!(lost, 0, "the guest found its memory behind its registers");
     got.vm.request_exit(ExitReason::Shutdown);
     assert_eq!(got.vm.stop(), ExitReason::Shutdown);
+}
+
+/// With `local`, guest memory (a memfd with `shared=on`) is handed over as
+/// a file descriptor: nothing is copied, and the destination's guest counts
+/// on in the very same memory.
+#[test]
+fn a_local_migration_hands_shared_memory_over_without_copying() {
+    if !vmm::test_support::kvm_usable("migration") {
+        return;
+    }
+    let mut cfg = counting_config();
+    cfg.memory.shared = true;
+    let at = socket("local");
+    let listener = Listener::bind(&at).unwrap();
+    let host = cfg.clone();
+    let dest = std::thread::spawn(move || -> Received {
+        let mut conn = listener.accept(None).unwrap().unwrap();
+        let conn_unix = conn.unix().map(|u| u.try_clone().unwrap());
+        let mut make_vm = |cfg: &VmConfig, ram: vmm::memory::GuestRam| {
+            Vm::new_for_migration(cfg, Box::new(std::io::sink()), None, ram)
+        };
+        let mut fds = |n| vmm::migration::recv_fds(conn_unix.as_ref().unwrap(), n);
+        receive(&mut conn, &host, &mut make_vm, &mut fds, &no_progress).unwrap()
+    });
+    let source = Vm::new(&cfg, Box::new(std::io::sink()), None, None)
+        .unwrap()
+        .start()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while counter(source.vm().memory()) < 10_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let local = SendOptions {
+        local: true,
+        ..opts(at)
+    };
+    let mut session = Session::start(source.vm(), &cfg, local, &no_progress).unwrap();
+    session.precopy(source.vm(), &no_progress).unwrap();
+    let paused_at = Instant::now();
+    let paused = source.pause();
+    let last = counter(paused.memory());
+    let info = session.finish(&paused, paused_at, &no_progress).unwrap();
+    drop(paused);
+    let got = dest.join().unwrap();
+    assert_eq!(info.memory_bytes, 0, "no memory was copied");
+    assert!(counter(got.vm.vm().memory()) >= last);
+    let deadline = Instant::now() + TIMEOUT;
+    while counter(got.vm.vm().memory()) <= last && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(counter(got.vm.vm().memory()) > last, "the guest counts on");
+    let lost = got
+        .vm
+        .vm()
+        .memory()
+        .read_obj::<u64>(GuestAddress(LOST))
+        .unwrap();
+    assert_eq!(lost, 0);
+    got.vm.request_exit(ExitReason::Shutdown);
+    assert_eq!(got.vm.stop(), ExitReason::Shutdown);
+}
+
+/// `local` needs memfd-backed memory and a Unix socket: refused up front
+/// with the fix, nothing sent.
+#[test]
+fn a_local_migration_of_private_memory_or_over_tcp_is_refused() {
+    if !vmm::test_support::kvm_usable("migration") {
+        return;
+    }
+    let cfg = counting_config();
+    let vm = Vm::new(&cfg, Box::new(std::io::sink()), None, None).unwrap();
+    let local = |to| SendOptions {
+        local: true,
+        ..opts(to)
+    };
+    let e = Session::start(&vm, &cfg, local(socket("private")), &no_progress)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("shared=on"), "{e}");
+    let e = Session::start(
+        &vm,
+        &cfg,
+        local(Endpoint::Tcp("127.0.0.1:1".into())),
+        &no_progress,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("unix:/path"), "{e}");
 }
 
 /// A destination that goes away after accepting the VM's shape: pre-copy

@@ -240,6 +240,54 @@ impl Drop for Listener {
     }
 }
 
+/// Most memory files a local migration hands over (boot RAM ranges plus
+/// the hotplug region).
+pub const MAX_MEMORY_FILES: usize = 8;
+
+/// Sends `files` over `sock` with one byte of data (after a `MemoryFds`
+/// frame: the files travel as `SCM_RIGHTS` on their own message).
+pub fn send_fds(sock: &UnixStream, files: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    match sock.send_with_fds(&[&b"F"[..]], files) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(std::io::Error::other("the memory files were not sent")),
+        Err(e) => Err(std::io::Error::from_raw_os_error(e.errno())),
+    }
+}
+
+/// Receives the `want` files [`send_fds`] sent on `sock`.
+pub fn recv_fds(sock: &UnixStream, want: usize) -> std::io::Result<Vec<std::fs::File>> {
+    use std::os::fd::FromRawFd;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    if want == 0 || want > MAX_MEMORY_FILES {
+        return Err(std::io::Error::other(format!(
+            "{want} memory files (1 to {MAX_MEMORY_FILES})"
+        )));
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = [libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }];
+    let mut fds = [-1; MAX_MEMORY_FILES];
+    // SAFETY: the one iovec points at `byte`, a live 1-byte buffer we own
+    // and do not otherwise touch during the call.
+    let (n, count) = unsafe { sock.recv_with_fds(&mut iov, &mut fds[..want]) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let files: Vec<std::fs::File> = fds[..count]
+        .iter()
+        // SAFETY: the first `count` entries are fds the kernel just
+        // installed in this process for us; each is owned by one File.
+        .map(|&fd| unsafe { std::fs::File::from_raw_fd(fd) })
+        .collect();
+    if n != 1 || byte[0] != b'F' || count != want {
+        return Err(std::io::Error::other(format!(
+            "expected {want} memory files, got {count}"
+        )));
+    }
+    Ok(files)
+}
+
 /// Progress of a migration in `role` (`source` or `destination`) before
 /// anything happened.
 pub fn empty_info(role: &str) -> api::types::MigrationInfo {

@@ -48,6 +48,10 @@ pub struct Received {
 /// receives the source's), without disk locks: [`Vm::new_for_migration`].
 pub type MakeVm<'a> = &'a mut dyn FnMut(&VmConfig, GuestRam) -> Result<Vm>;
 
+/// Takes the `n` memory files a local migration's source sends after its
+/// `MemoryFds` frame ([`super::recv_fds`] on the connection).
+pub type FdSource<'a> = &'a mut dyn FnMut(usize) -> std::io::Result<Vec<std::fs::File>>;
+
 /// Receives a VM on `conn`, accepted from the source (with [`prepare`]'s
 /// timeouts). `host` is this process's configuration (output, API socket,
 /// sandbox).
@@ -55,10 +59,12 @@ pub fn receive<S: Read + Write>(
     conn: &mut S,
     host: &VmConfig,
     make_vm: MakeVm,
+    fds: FdSource,
     progress: super::send::Progress,
 ) -> Result<Received> {
     let mut r = Receiver {
         host,
+        local: false,
         info: super::empty_info("destination"),
         started: Instant::now(),
         config: None,
@@ -70,7 +76,7 @@ pub fn receive<S: Read + Write>(
             .map_err(|e| Error::Migration(format!("reading the stream: {e}")))?;
         r.info.stream_bytes += 16 + frame.payload.len() as u64;
         let answered = !matches!(frame.kind, Kind::Memory | Kind::Abandon);
-        match r.handle(frame, make_vm) {
+        match r.handle(frame, make_vm, fds) {
             Ok(Step::More) => {
                 if answered {
                     stream::write_json(conn, Kind::Reply, &Reply { error: None })
@@ -121,6 +127,8 @@ enum Step {
 
 struct Receiver<'a> {
     host: &'a VmConfig,
+    /// Memory comes as the source's memfds, not as pages.
+    local: bool,
     info: MigrationInfo,
     started: Instant,
     /// The configuration to build (and the source's, for checks).
@@ -134,7 +142,7 @@ fn bad(e: String) -> Error {
 }
 
 impl Receiver<'_> {
-    fn handle(&mut self, frame: Frame, make_vm: MakeVm) -> Result<Step> {
+    fn handle(&mut self, frame: Frame, make_vm: MakeVm, fds: FdSource) -> Result<Step> {
         let first = self.info.stream_bytes == 16 + frame.payload.len() as u64;
         if first && frame.kind != Kind::Hello {
             return Err(bad(format!(
@@ -148,11 +156,7 @@ impl Receiver<'_> {
                 if let Some(why) = hello.refusal() {
                     return Err(bad(why));
                 }
-                if hello.local {
-                    return Err(bad(
-                        "local migration is not supported by this Caravel".into()
-                    ));
-                }
+                self.local = hello.local;
                 Ok(Step::More)
             }
             Kind::Config => {
@@ -173,12 +177,41 @@ impl Receiver<'_> {
                     }
                 }
                 let cfg = saved.apply_to(self.host);
-                let ram = Vm::guest_ram(&cfg)?;
-                self.vm = Some(make_vm(&cfg, ram)?);
+                // A local migration's memory comes with the next frame.
+                if !self.local {
+                    let ram = Vm::guest_ram(&cfg)?;
+                    self.vm = Some(make_vm(&cfg, ram)?);
+                }
                 self.config = Some(cfg);
                 self.info.phase = MigrationPhase::Precopy;
                 Ok(Step::More)
             }
+            Kind::MemoryFds => {
+                let cfg = match (&self.config, &self.vm, self.local) {
+                    (Some(cfg), None, true) => cfg,
+                    _ => {
+                        return Err(bad(
+                            "memory files outside a local migration, or out of order".into(),
+                        ))
+                    }
+                };
+                let sizes: Vec<u64> = frame.json().map_err(bad)?;
+                let files = fds(sizes.len())
+                    .map_err(|e| bad(format!("receiving the memory files: {e}")))?;
+                let ram = Vm::guest_ram_from_files(cfg, files)?;
+                let expected: Vec<u64> = ram.mappings().iter().map(|m| m.len() as u64).collect();
+                if sizes != expected {
+                    return Err(bad(format!(
+                        "memory files of {sizes:?} bytes for a VM of {expected:?}"
+                    )));
+                }
+                self.vm = Some(make_vm(cfg, ram)?);
+                self.info.phase = MigrationPhase::Precopy;
+                Ok(Step::More)
+            }
+            Kind::Memory if self.local => Err(bad(
+                "memory pages in a local migration (memory came as files)".into(),
+            )),
             Kind::Memory => {
                 let vm = self
                     .vm
@@ -215,7 +248,7 @@ impl Receiver<'_> {
                 "the source gave up: {}",
                 String::from_utf8_lossy(&frame.payload)
             ))),
-            Kind::Reply | Kind::MemoryFds => Err(bad(format!(
+            Kind::Reply => Err(bad(format!(
                 "unexpected {:?} frame from the source",
                 frame.kind
             ))),

@@ -85,11 +85,21 @@ impl Session {
             )));
         }
         if opts.local {
-            return Err(Error::Migration(
-                "local=true (memory handed over as file descriptors) is not supported yet: \
-                 migrate without --local (memory is copied)"
-                    .into(),
-            ));
+            if !matches!(opts.to, Endpoint::Unix(_)) {
+                return Err(Error::Migration(
+                    "local=true hands guest memory over as file descriptors, which travel \
+                     only over a Unix socket: use a unix:/path URL"
+                        .into(),
+                ));
+            }
+            if !(cfg.memory.shared || cfg.memory.hugepages) {
+                return Err(Error::Migration(
+                    "local=true hands guest memory over as memfds: start the VM with \
+                     --memory ...,shared=on (or hugepages=on); private memory can only be \
+                     copied (migrate without --local)"
+                        .into(),
+                ));
+            }
         }
         let started = Instant::now();
         let mut info = super::empty_info("source");
@@ -114,6 +124,12 @@ impl Session {
             &SavedConfig::of(cfg),
             "the VM's configuration",
         )?;
+        if s.opts.local {
+            s.send_memory_files(vm)?;
+            info.phase = MigrationPhase::Precopy;
+            s.info = info;
+            return Ok(s);
+        }
         vm.ram_slots().set_logging(true).map_err(Error::Migration)?;
         // From here on, every write is tracked: drop what devices wrote
         // before (the first pass sends everything anyway).
@@ -135,6 +151,34 @@ impl Session {
         stream::write_frame(&mut self.conn, kind, &[body])
             .map_err(fail(&format!("sending {what}")))?;
         self.info.stream_bytes += 16 + body.len() as u64;
+        self.await_reply(what)
+    }
+
+    /// Local migration: the memfds behind guest memory (boot RAM ranges,
+    /// then the hotplug region), sizes in a `MemoryFds` frame and the files
+    /// right after it.
+    fn send_memory_files(&mut self, vm: &Vm) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mappings = vm.ram().mappings();
+        let fds = mappings
+            .iter()
+            .map(|m| m.file().map(|f| f.as_raw_fd()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Migration("guest memory is not backed by memfds".into()))?;
+        let sizes: Vec<u64> = mappings.iter().map(|m| m.len() as u64).collect();
+        let body = serde_json::to_vec(&sizes)
+            .map_err(|e| Error::Migration(format!("cannot encode the memory sizes: {e}")))?;
+        stream::write_frame(&mut self.conn, Kind::MemoryFds, &[&body])
+            .map_err(fail("sending the memory files"))?;
+        let sock = self
+            .conn
+            .unix()
+            .ok_or_else(|| Error::Migration("local migration needs a Unix socket".into()))?;
+        super::send_fds(sock, &fds).map_err(fail("sending the memory files"))?;
+        self.await_reply("the memory files")
+    }
+
+    fn await_reply(&mut self, what: &str) -> Result<()> {
         let frame = stream::read_frame(&mut self.conn)
             .map_err(|e| Error::Migration(format!("waiting for the answer to {what}: {e}")))?
             .expect(Kind::Reply, &format!("after {what}"))
@@ -240,6 +284,10 @@ impl Session {
     /// fits the downtime budget or after the pass limit; fails early if
     /// the guest stops on its own.
     pub fn precopy(&mut self, vm: &Vm, progress: Progress) -> Result<()> {
+        if self.opts.local {
+            // The destination maps the same memory: nothing to copy.
+            return Ok(());
+        }
         self.pending = PageSet::new(super::page_size(), &Self::ranges(vm));
         self.pending.fill();
         self.plugged = vm.device_view().plugged_runs();
@@ -303,9 +351,11 @@ impl Session {
         // The state first: saving the ITS writes its tables into guest
         // memory (through KVM, so the dirty log sees them).
         let state = vm.snapshot().map_err(|e| Error::Migration(e.to_string()))?;
-        self.collect_dirty(vm)?;
-        self.send_pending(vm, false)?;
-        self.request(Kind::MemoryDone, b"", "the last pages")?;
+        if !self.opts.local {
+            self.collect_dirty(vm)?;
+            self.send_pending(vm, false)?;
+            self.request(Kind::MemoryDone, b"", "the last pages")?;
+        }
         let body = serde_json::to_vec(&state)
             .map_err(|e| Error::Migration(format!("cannot encode the state: {e}")))?;
         vm.release_disks();
