@@ -119,7 +119,7 @@ impl Vm {
     }
 
     /// Boot RAM ranges and the hotplug region of `cfg`.
-    fn memory_ranges(cfg: &VmConfig) -> (Vec<(u64, u64)>, Option<(u64, u64)>) {
+    fn memory_ranges(cfg: &VmConfig) -> MemoryRanges {
         let mem_layout = MemoryLayout::new(cfg.memory.size);
         let hotplug = cfg
             .memory
@@ -373,6 +373,9 @@ impl Vm {
         Ok(RunningVm { threads, vm: self })
     }
 }
+
+/// Boot RAM ranges and the hotplug region, each (guest address, size).
+type MemoryRanges = (Vec<(u64, u64)>, Option<(u64, u64)>);
 
 /// How [`Vm::build`] makes a VM.
 enum Build {
