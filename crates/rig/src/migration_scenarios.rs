@@ -248,7 +248,9 @@ fn migrate_with(
     loop {
         let info = remote(env, &sc, "info").unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
-        if v["migration"]["memory_bytes"].as_u64().unwrap_or(0) > 0 {
+        // (vm.info shows C's own receive until its send starts.)
+        let m = &v["migration"];
+        if m["role"] == "source" && m["memory_bytes"].as_u64().unwrap_or(0) > 0 {
             break;
         }
         if Instant::now() > deadline {
