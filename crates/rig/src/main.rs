@@ -62,6 +62,12 @@ macro_rules! tap {
     };
 }
 
+/// Prints a TAP diagnostic line now (a long scenario's progress: the rig's
+/// watchdog treats a console silent for minutes as a wedge).
+pub fn diag(msg: &str) {
+    tap!("# {msg}");
+}
+
 fn main() {
     let mut env = Env {
         bin: "/bin".into(),

@@ -194,7 +194,8 @@ fn migrate_with(
     resize_wait(env, &sa, "512M", 60)?;
     check_total(&mut a, base, 256 * MIB, "before migrating")?;
     // The workloads: a counter (to disk and hvc0), and 64 MiB of tmpfs
-    // rewritten 16 MiB at a time, each file with its md5 next to it.
+    // rewritten 16 MiB at a time (one file a second: the single outer vCPU
+    // runs the guest and both Caravels), each file with its md5 next to it.
     guest_cmd(
         &mut a,
         &format!(
@@ -207,7 +208,7 @@ fn migrate_with(
         &mut a,
         "(k=0; while [ ! -e /tmp/stop ]; do k=$((k+1)); f=/tmp/buf$((k % 4)); \
          dd if=/dev/urandom of=$f.new bs=1M count=16 2>/dev/null; md5sum < $f.new > $f.sum.new; \
-         mv $f.new $f; mv $f.sum.new $f.sum; done; touch /tmp/memdone) >/dev/null 2>&1 &",
+         mv $f.new $f; mv $f.sum.new $f.sum; sleep 1; done; touch /tmp/memdone) >/dev/null 2>&1 &",
     )?;
     std::thread::sleep(Duration::from_secs(3));
     let before = numbers(&guest_cmd(&mut a, "cat /tmp/count")?);
@@ -229,6 +230,7 @@ fn migrate_with(
         first_hop,
     )?;
     drop(a);
+    crate::diag(&format!("  A -> B {hop1}"));
     let count_b = count_after_move(&mut b, count_a)?;
     resize_wait(env, &sb, "768M", 60)?;
     check_total(&mut b, base, 512 * MIB, "grown on the destination")?;
@@ -238,6 +240,7 @@ fn migrate_with(
     let tcp_url = format!("tcp:127.0.0.1:{port}");
     let (mut c, hop2) = hop(env, &mut b, &sb, &sc, &tcp_url, &console_file(&hvc[2]), &[])?;
     drop(b);
+    crate::diag(&format!("  B -> C {hop2}"));
     let count_c = count_after_move(&mut c, count_b)?;
 
     // C -> D, cut: D dies once memory flows; C's guest runs on.
