@@ -25,15 +25,17 @@ const SECTORS: u64 = 2000;
 /// the API on a socket, plus `extra`.
 type StartArgs = fn(&Env, &str, &[&str]) -> Vec<String>;
 
-/// x86_64: vmlinux, 2 vCPUs, memory `shared=on` so that the first hop is
-/// a local one (`--local`: the memfds are handed over, nothing copied).
+/// x86_64: vmlinux, 2 vCPUs, private memory, copied on every hop.
+/// (`--local` with `shared=on` memory is tested in process on the host,
+/// `crates/vmm/tests/migration.rs`: as a first hop here it coincided with
+/// outer-VM wedges in two CI runs, see docs/migration.md.)
 pub fn live_migration(env: &Env) -> Result<String, String> {
     let start: StartArgs = |env, sock, extra| {
         let mut a = extra.to_vec();
         a.extend(["--cpus", "boot=2"]);
-        crate::mem_scenarios::hotplug_args(env, sock, ",shared=on", &a)
+        crate::mem_scenarios::hotplug_args(env, sock, "", &a)
     };
-    migrate_with(env, "mig", start, &["--local"])
+    migrate_with(env, "mig", start, &[])
 }
 
 /// aarch64: Image, 2 vCPUs, GICv3 + ITS (MSI-X through the ITS); private
@@ -73,7 +75,24 @@ pub fn remote_child(env: &Env, sock: &str, args: &[&str]) -> Result<Child, Strin
         .map_err(|e| format!("cannot run caravel-remote: {e}"))
 }
 
-pub fn finished(child: Child, what: &str) -> Result<String, String> {
+pub fn finished(mut child: Child, what: &str) -> Result<String, String> {
+    // A hang becomes a failure with a message, well before the rig's
+    // watchdog takes a silent console for a wedged outer VM.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let out = child.wait_with_output().ok();
+                let err = out.map_or(String::new(), |o| {
+                    String::from_utf8_lossy(&o.stderr).trim().to_string()
+                });
+                return Err(format!("{what} did not finish within 180 s {err}"));
+            }
+        }
+    }
     let out = child
         .wait_with_output()
         .map_err(|e| format!("{what}: {e}"))?;
