@@ -424,10 +424,10 @@ impl GuestRam {
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY: the region is a live mapping of exactly `memory_size`
-            // bytes owned by this GuestRam, which the VM owner keeps until
-            // after the VM fd (and with it every vCPU) is closed; see `Vm`'s
-            // field order.
+            // SAFETY (RamSlots::set's contract): the region is a live
+            // mapping of exactly `memory_size` bytes owned by this GuestRam,
+            // which the VM owner keeps until after the VM fd (and with it
+            // every vCPU) is closed; see `Vm`'s field order.
             unsafe { ram_slots.set(r) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
         Ok(())

@@ -65,6 +65,7 @@ pub fn receive<S: Read + Write>(
     let mut r = Receiver {
         host,
         local: false,
+        greeted: false,
         info: super::empty_info("destination"),
         started: Instant::now(),
         config: None,
@@ -129,6 +130,8 @@ struct Receiver<'a> {
     host: &'a VmConfig,
     /// Memory comes as the source's memfds, not as pages.
     local: bool,
+    /// The Hello frame was accepted.
+    greeted: bool,
     info: MigrationInfo,
     started: Instant,
     /// The configuration to build (and the source's, for checks).
@@ -143,8 +146,7 @@ fn bad(e: String) -> Error {
 
 impl Receiver<'_> {
     fn handle(&mut self, frame: Frame, make_vm: MakeVm, fds: FdSource) -> Result<Step> {
-        let first = self.info.stream_bytes == 16 + frame.payload.len() as u64;
-        if first && frame.kind != Kind::Hello {
+        if !self.greeted && frame.kind != Kind::Hello {
             return Err(bad(format!(
                 "the stream must open with a Hello frame, not {:?}",
                 frame.kind
@@ -156,6 +158,7 @@ impl Receiver<'_> {
                 if let Some(why) = hello.refusal() {
                     return Err(bad(why));
                 }
+                self.greeted = true;
                 self.local = hello.local;
                 Ok(Step::More)
             }
@@ -164,18 +167,7 @@ impl Receiver<'_> {
                     return Err(bad("a second configuration frame".into()));
                 }
                 let saved: SavedConfig = frame.json().map_err(bad)?;
-                saved
-                    .memory
-                    .check()
-                    .map_err(|e| bad(format!("the source's VM has {e}")))?;
-                for d in &saved.disks {
-                    if !d.path.exists() {
-                        return Err(bad(format!(
-                            "the disk image {} is not there on the destination",
-                            d.path.display()
-                        )));
-                    }
-                }
+                saved.check().map_err(bad)?;
                 let cfg = saved.apply_to(self.host);
                 // A local migration's memory comes with the next frame.
                 if !self.local {

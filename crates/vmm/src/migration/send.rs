@@ -61,8 +61,6 @@ pub struct Session {
     started: Instant,
     /// Pages to send next.
     pending: PageSet,
-    /// The plugged runs the destination has (the last pass's).
-    plugged: Vec<(u64, u64)>,
     /// The device view's generation when its bitmaps were last read.
     view_generation: u64,
     buf: Vec<u8>,
@@ -112,7 +110,6 @@ impl Session {
             conn,
             opts,
             pending: PageSet::new(super::page_size(), &[]),
-            plugged: Vec::new(),
             view_generation: 0,
             info: info.clone(),
             started,
@@ -201,10 +198,14 @@ impl Session {
         boot.chain(vm.device_view().plugged_runs()).collect()
     }
 
-    /// Adds what vCPUs and devices wrote since the last call to `pending`,
-    /// and all of any run plugged since (or all of the device view, if it
-    /// was rebuilt and its bitmaps started over).
+    /// Adds what vCPUs and devices wrote since the last call to `pending`.
+    /// A plug or an unplug rebuilds the device view (new, clean bitmaps,
+    /// and maybe a new run): then all memory is added, which also covers
+    /// any run plugged since.
     fn collect_dirty(&mut self, vm: &Vm) -> Result<()> {
+        // The generation before the ranges: a plug after this read shows up
+        // as a new generation in the next call.
+        let generation = vm.device_view().generation();
         let ranges = Self::ranges(vm);
         if ranges != self.pending.ranges() {
             let mut next = PageSet::new(super::page_size(), &ranges);
@@ -213,26 +214,14 @@ impl Session {
             }
             self.pending = next;
         }
-        let plugged = vm.device_view().plugged_runs();
-        for &(gpa, len) in &plugged {
-            if !self
-                .plugged
-                .iter()
-                .any(|&(g, l)| g <= gpa && gpa + len <= g + l)
-            {
-                self.pending.add_range(gpa, len);
-            }
-        }
-        self.plugged = plugged;
         let pending = &mut self.pending;
         vm.ram_slots()
             .take_dirty(|gpa, bits| pending.add_bitmap(gpa, bits))
             .map_err(Error::Migration)?;
-        let generation = vm.device_view().generation();
         vm.device_view()
             .take_dirty(|gpa, bits| pending.add_bitmap(gpa, bits));
         if generation != self.view_generation {
-            for (gpa, len) in Self::ranges(vm) {
+            for &(gpa, len) in &ranges {
                 self.pending.add_range(gpa, len);
             }
             self.view_generation = generation;
@@ -290,7 +279,6 @@ impl Session {
         }
         self.pending = PageSet::new(super::page_size(), &Self::ranges(vm));
         self.pending.fill();
-        self.plugged = vm.device_view().plugged_runs();
         let mut first = true;
         // The smallest dirty set seen and the pass that saw it.
         let mut least = (u64::MAX, 0);

@@ -66,6 +66,21 @@ impl SavedConfig {
         }
     }
 
+    /// Refuses a configuration this host cannot build: a memory shape
+    /// `--memory` would not accept, or a disk image that is not here (the
+    /// restored or migrated VM opens the same images). For snapshots read
+    /// from files and configurations sent by a migration's source.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.memory.check().map_err(|e| format!("the VM has {e}"))?;
+        match self.disks.iter().find(|d| !d.path.exists()) {
+            Some(d) => Err(format!(
+                "the disk image {} is missing (the VM opens the same images)",
+                d.path.display()
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The configuration to restore with: the snapshot's shape and devices,
     /// `host`'s output, API socket, sandbox and reboot policy. A console
     /// the snapshot has but `host` turns off writes to nowhere.
@@ -215,14 +230,7 @@ pub fn load(dir: &Path) -> Result<Snapshot> {
             mem_path.display()
         )));
     }
-    for d in &snapshot.config.disks {
-        if !d.path.exists() {
-            return Err(Error::Snapshot(format!(
-                "the disk image {} is missing (the restored VM opens the same images)",
-                d.path.display()
-            )));
-        }
-    }
+    snapshot.config.check().map_err(Error::Snapshot)?;
     Ok(snapshot)
 }
 
