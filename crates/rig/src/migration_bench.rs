@@ -20,7 +20,7 @@ use crate::control::Control;
 use crate::guest::guest_cmd;
 use crate::migration_scenarios::{destination, finished, remote_child};
 use crate::session::Session;
-use crate::snapshot_bench::{caravel_guest_args, until, CMDLINE};
+use crate::snapshot_bench::{caravel_guest_args, qemu_guest_args, until};
 use crate::Env;
 
 const MIB: u64 = 1 << 20;
@@ -93,20 +93,7 @@ fn qemu(env: &Env, run: usize) -> Result<Row, String> {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_file(&stream);
-    let args = |qmp: &str| {
-        let mut a = crate::bench::qemu_guest_args(env, "q35", "512M,maxmem=1536M", 1, CMDLINE, qmp);
-        a.extend(
-            [
-                "-object",
-                "memory-backend-ram,id=vmem0,size=1G",
-                "-device",
-                "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=256M",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a
-    };
+    let args = |qmp: &str| qemu_guest_args(env, qmp);
     let program = Path::new("/usr/bin/qemu-system-x86_64");
     let mut s = Session::spawn(program, &args(&qmp))?;
     let mut c = Control::qmp_connect(&qmp)?;

@@ -103,6 +103,23 @@ pub fn caravel_guest_args(env: &Env, sock: &str) -> Vec<String> {
     .collect()
 }
 
+/// QEMU's command line for the same guest (q35, virtio-mem-pci with
+/// 256 MiB of 1 GiB requested), QMP on `qmp`.
+pub fn qemu_guest_args(env: &Env, qmp: &str) -> Vec<String> {
+    let mut args = crate::bench::qemu_guest_args(env, "q35", "512M,maxmem=1536M", 1, CMDLINE, qmp);
+    args.extend(
+        [
+            "-object",
+            "memory-backend-ram,id=vmem0,size=1G",
+            "-device",
+            "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=256M",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args
+}
+
 fn caravel(env: &Env, prefault: bool) -> Result<Row, String> {
     caravel_steps(env, prefault).map_err(|e| format!("Caravel: {e}"))
 }
@@ -167,17 +184,7 @@ fn qemu_steps(env: &Env) -> Result<Row, String> {
     let file = env.tmp.join("bench-snap-qemu.mig");
     let _ = std::fs::remove_file(&qmp);
     let _ = std::fs::remove_file(&file);
-    let mut args = crate::bench::qemu_guest_args(env, "q35", "512M,maxmem=1536M", 1, CMDLINE, &qmp);
-    args.extend(
-        [
-            "-object",
-            "memory-backend-ram,id=vmem0,size=1G",
-            "-device",
-            "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=256M",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
+    let args = qemu_guest_args(env, &qmp);
     let program = Path::new("/usr/bin/qemu-system-x86_64");
     let mut s = Session::spawn(program, &args)?;
     let mut c = Control::qmp_connect(&qmp)?;

@@ -69,7 +69,7 @@ impl HotplugBackend {
             memory_size: if present { self.slot_size } else { 0 },
             userspace_addr: self.mapping.as_ptr() as u64 + offset,
         };
-        // SAFETY (RamSlots::set's contract): the slot covers `slot_size`
+        // SAFETY: RamSlots::set's contract holds: the slot covers `slot_size`
         // bytes inside `mapping` (checked above), which this backend keeps
         // alive (Arc) for as long as it holds the slots and with them the VM
         // fd; removing a slot (size 0) has no memory preconditions.

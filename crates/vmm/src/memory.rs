@@ -424,7 +424,7 @@ impl GuestRam {
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY (RamSlots::set's contract): the region is a live
+            // SAFETY: RamSlots::set's contract holds: the region is a live
             // mapping of exactly `memory_size` bytes owned by this GuestRam,
             // which the VM owner keeps until after the VM fd (and with it
             // every vCPU) is closed; see `Vm`'s field order.

@@ -342,13 +342,7 @@ impl Vmm {
         serial_dropped: &Arc<AtomicU64>,
     ) -> Result<Option<crate::migration::receive::Received>> {
         let epoll = Epoll::new().map_err(Error::io("epoll"))?;
-        let add = |fd: i32, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
+        let add = |fd: i32, token: u64| watch(&epoll, fd, token);
         add(api.wake.as_raw_fd(), TOKEN_API).map_err(Error::io("epoll"))?;
         if let Some(sig) = &self.signal_event {
             add(sig.as_raw_fd(), TOKEN_SIGNAL).map_err(Error::io("epoll"))?;
@@ -452,15 +446,13 @@ impl Vmm {
         };
         let refused = |e: Error| {
             log::error!("migration: {e}");
+            // Refused before anything moved (a VM with VFIO devices is
+            // refused before any progress is reported, so vm.info may still
+            // show an earlier migration: start from nothing).
             let info = api::types::MigrationInfo {
                 phase: api::types::MigrationPhase::Failed,
                 error: Some(e.to_string()),
-                ..shared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .migration
-                    .clone()
-                    .unwrap_or_else(|| crate::migration::empty_info("source"))
+                ..crate::migration::empty_info("source")
             };
             progress(&info);
             Response::error(500, &e.to_string())
@@ -583,13 +575,7 @@ impl Vmm {
             shared.lock().unwrap_or_else(|e| e.into_inner()).state = state;
         };
         let epoll = Epoll::new().map_err(Error::io("epoll"))?;
-        let add = |fd: i32, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
+        let add = |fd: i32, token: u64| watch(&epoll, fd, token);
         add(guest.vm().exit_event().as_raw_fd(), TOKEN_EXIT).map_err(Error::io("epoll"))?;
         add(
             guest.vm().serial_input_wanted().as_raw_fd(),
@@ -753,6 +739,15 @@ impl Vmm {
         }
         Ok(reason)
     }
+}
+
+/// Adds `fd` to `epoll`, readable events reported as `token`.
+fn watch(epoll: &Epoll, fd: i32, token: u64) -> std::io::Result<()> {
+    epoll.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token),
+    )
 }
 
 /// COM1's output for a boot of `cfg` (`dropped` counts what the host did

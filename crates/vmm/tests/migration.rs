@@ -70,20 +70,11 @@ fn opts(to: Endpoint) -> SendOptions {
     }
 }
 
-/// The guest counts while its memory is copied; it is paused, the last
-/// dirty pages and the state follow, and the destination's VM counts on
-/// from where the source stopped, its own check never tripped: the page
-/// written during pre-copy came again through KVM's dirty log.
-#[test]
-fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
-    if !vmm::test_support::kvm_usable("migration") {
-        return;
-    }
-    let cfg = counting_config();
-    let at = socket("ok");
-    let listener = Listener::bind(&at).unwrap();
+/// A destination on `at` for a VM of `cfg`, receiving in a thread.
+fn destination(at: &Endpoint, cfg: &VmConfig) -> std::thread::JoinHandle<Received> {
+    let listener = Listener::bind(at).unwrap();
     let host = cfg.clone();
-    let dest = std::thread::spawn(move || -> Received {
+    std::thread::spawn(move || -> Received {
         let mut conn = listener.accept(None).unwrap().unwrap();
         let conn_unix = conn.unix().map(|u| u.try_clone().unwrap());
         let mut make_vm = |cfg: &VmConfig, ram: vmm::memory::GuestRam| {
@@ -91,9 +82,18 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
         };
         let mut fds = |n| vmm::migration::recv_fds(conn_unix.as_ref().unwrap(), n);
         receive(&mut conn, &host, &mut make_vm, &mut fds, &no_progress).unwrap()
-    });
+    })
+}
 
-    let source = Vm::new(&cfg, Box::new(std::io::sink()), None, None)
+/// Starts the counting guest of `cfg`, migrates it with `opts` once it has
+/// counted a while, and returns its last count on the source, the
+/// source's figures and what the destination received.
+fn migrate_counting_guest(
+    cfg: &VmConfig,
+    opts: SendOptions,
+) -> (u64, api::types::MigrationInfo, Received) {
+    let dest = destination(&opts.to, cfg);
+    let source = Vm::new(cfg, Box::new(std::io::sink()), None, None)
         .unwrap()
         .start()
         .unwrap();
@@ -101,28 +101,18 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
     while counter(source.vm().memory()) < 10_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut session = Session::start(source.vm(), &cfg, opts(at), &no_progress).unwrap();
+    let mut session = Session::start(source.vm(), cfg, opts, &no_progress).unwrap();
     session.precopy(source.vm(), &no_progress).unwrap();
     let paused_at = Instant::now();
     let paused = source.pause();
     let last = counter(paused.memory());
     let info = session.finish(&paused, paused_at, &no_progress).unwrap();
     drop(paused);
-    let got = dest.join().unwrap();
-    let first = counter(got.vm.vm().memory());
-    assert!(
-        first >= last,
-        "the destination counts on from {first}, not from the source's last {last}"
-    );
-    assert!(info.iterations >= 1);
-    assert!(info.downtime_ms.is_some());
-    // Zero pages are not sent: far less than the 64 MiB of RAM went.
-    assert!(
-        info.memory_bytes < 8 << 20,
-        "{} bytes of memory sent",
-        info.memory_bytes
-    );
-    // The moved guest counts on from there (its RAX came along).
+    (last, info, dest.join().unwrap())
+}
+
+/// The moved guest counts on past `last` with its own check never tripped.
+fn counts_on(got: Received, last: u64) {
     let deadline = Instant::now() + TIMEOUT;
     while counter(got.vm.vm().memory()) <= last && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -139,6 +129,32 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
     assert_eq!(got.vm.stop(), ExitReason::Shutdown);
 }
 
+/// The guest counts while its memory is copied; it is paused, the last
+/// dirty pages and the state follow, and the destination's VM counts on
+/// from where the source stopped, its own check never tripped: the page
+/// written during pre-copy came again through KVM's dirty log.
+#[test]
+fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
+    if !vmm::test_support::kvm_usable("migration") {
+        return;
+    }
+    let (last, info, got) = migrate_counting_guest(&counting_config(), opts(socket("ok")));
+    let first = counter(got.vm.vm().memory());
+    assert!(
+        first >= last,
+        "the destination counts on from {first}, not from the source's last {last}"
+    );
+    assert!(info.iterations >= 1);
+    assert!(info.downtime_ms.is_some());
+    // Zero pages are not sent: far less than the 64 MiB of RAM went.
+    assert!(
+        info.memory_bytes < 8 << 20,
+        "{} bytes of memory sent",
+        info.memory_bytes
+    );
+    counts_on(got, last);
+}
+
 /// With `local`, guest memory (a memfd with `shared=on`) is handed over as
 /// a file descriptor: nothing is copied, and the destination's guest counts
 /// on in the very same memory.
@@ -149,54 +165,14 @@ fn a_local_migration_hands_shared_memory_over_without_copying() {
     }
     let mut cfg = counting_config();
     cfg.memory.shared = true;
-    let at = socket("local");
-    let listener = Listener::bind(&at).unwrap();
-    let host = cfg.clone();
-    let dest = std::thread::spawn(move || -> Received {
-        let mut conn = listener.accept(None).unwrap().unwrap();
-        let conn_unix = conn.unix().map(|u| u.try_clone().unwrap());
-        let mut make_vm = |cfg: &VmConfig, ram: vmm::memory::GuestRam| {
-            Vm::new_for_migration(cfg, Box::new(std::io::sink()), None, ram)
-        };
-        let mut fds = |n| vmm::migration::recv_fds(conn_unix.as_ref().unwrap(), n);
-        receive(&mut conn, &host, &mut make_vm, &mut fds, &no_progress).unwrap()
-    });
-    let source = Vm::new(&cfg, Box::new(std::io::sink()), None, None)
-        .unwrap()
-        .start()
-        .unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while counter(source.vm().memory()) < 10_000 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
     let local = SendOptions {
         local: true,
-        ..opts(at)
+        ..opts(socket("local"))
     };
-    let mut session = Session::start(source.vm(), &cfg, local, &no_progress).unwrap();
-    session.precopy(source.vm(), &no_progress).unwrap();
-    let paused_at = Instant::now();
-    let paused = source.pause();
-    let last = counter(paused.memory());
-    let info = session.finish(&paused, paused_at, &no_progress).unwrap();
-    drop(paused);
-    let got = dest.join().unwrap();
+    let (last, info, got) = migrate_counting_guest(&cfg, local);
     assert_eq!(info.memory_bytes, 0, "no memory was copied");
     assert!(counter(got.vm.vm().memory()) >= last);
-    let deadline = Instant::now() + TIMEOUT;
-    while counter(got.vm.vm().memory()) <= last && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(counter(got.vm.vm().memory()) > last, "the guest counts on");
-    let lost = got
-        .vm
-        .vm()
-        .memory()
-        .read_obj::<u64>(GuestAddress(LOST))
-        .unwrap();
-    assert_eq!(lost, 0);
-    got.vm.request_exit(ExitReason::Shutdown);
-    assert_eq!(got.vm.stop(), ExitReason::Shutdown);
+    counts_on(got, last);
 }
 
 /// `local` needs memfd-backed memory and a Unix socket: refused up front
