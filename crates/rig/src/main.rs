@@ -100,7 +100,7 @@ fn main() {
             "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
             "--list" => {
-                for s in scenarios::ALL {
+                for s in scenarios::ALL.iter().chain(scenarios::ON_REQUEST) {
                     println!("{}", s.name);
                 }
                 return;
@@ -155,12 +155,22 @@ fn main() {
     } else {
         scenarios::ALL
     };
-    let selected: Vec<_> = all
-        .iter()
-        .filter(|s| wanted.is_empty() || wanted.iter().any(|w| w == s.name))
-        .collect();
+    // Scenarios that run only when named.
+    let on_request: &[guest::Scenario] = if vfio || arm64 {
+        &[]
+    } else {
+        scenarios::ON_REQUEST
+    };
+    let selected: Vec<_> = if wanted.is_empty() {
+        all.iter().collect()
+    } else {
+        all.iter()
+            .chain(on_request)
+            .filter(|s| wanted.iter().any(|w| w == s.name))
+            .collect()
+    };
     for w in &wanted {
-        if !all.iter().any(|s| s.name == w) {
+        if !all.iter().chain(on_request).any(|s| s.name == w) {
             eprintln!("caravel-rig: unknown scenario '{w}' (see --list)");
             std::process::exit(2);
         }
