@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use vmm::config::{
-    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MemoryConfig,
-    Payload, VmConfig,
+    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MacAddr,
+    MemoryConfig, NetConfig, Payload, VmConfig,
 };
 use vmm::seccomp::SeccompMode;
 
@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "source_url=file:///DIR[,resume=on][,prefault=on]",
-        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "rng"],
+        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "net", "rng"],
         help = "Start from a snapshot taken with vm.snapshot (caravel-remote snapshot) \
                 instead of booting: source_url=file:///DIR[,resume=on]. The VM's vCPUs, \
                 memory and devices come from the snapshot (its disk images must still \
@@ -125,6 +125,23 @@ pub struct Args {
                 Repeat for more disks (the guest sees vda, vdb, ...)."
     )]
     pub disk: Vec<String>,
+
+    /// virtio-net devices on host TAPs (see `--help`).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=MAC][,ip=IP,mask=MASK][,num_queues=N][,queue_size=N]",
+        help = "A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=IP,mask=MASK]\
+                [,num_queues=N][,queue_size=N][,id=NAME], or fd=N (fd=[N,M,...] for \
+                several queue pairs) for TAPs already open in Caravel's process, opened \
+                with IFF_VNET_HDR. An existing TAP is opened; a missing one is created, \
+                given ip= and mask= (default 255.255.255.0), brought up, and removed when \
+                Caravel exits. num_queues counts receive plus transmit queues (default 2, \
+                one pair; more pairs need a multi-queue TAP and use one host thread each), \
+                queue_size defaults to 256. Without mac= the guest gets a random locally \
+                administered address. Creating or opening a TAP needs CAP_NET_ADMIN. \
+                Repeat for more devices."
+    )]
+    pub net: Vec<String>,
 
     /// Host PCI devices passed through with VFIO (see `--help`).
     #[arg(
@@ -309,6 +326,147 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     })
 }
 
+/// Parses one `--net` (Cloud Hypervisor's keys). A missing MAC is drawn
+/// here, so `vm.info` and a snapshot show the one the guest has.
+pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
+    const FLAG: &str = "--net";
+    // fd=[3,4]: the list's commas are not option separators.
+    let mut flat = String::with_capacity(s.len());
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth > 0 => {
+                flat.push(';');
+                continue;
+            }
+            _ => {}
+        }
+        flat.push(c);
+    }
+    let kv = KeyValues::parse(
+        FLAG,
+        &flat,
+        &[
+            "tap",
+            "fd",
+            "mac",
+            "ip",
+            "mask",
+            "num_queues",
+            "queue_size",
+            "id",
+        ],
+        Some("tap"),
+    )?;
+    let tap = kv.get("tap").map(str::to_string);
+    let fds: Vec<i32> = match kv.get("fd") {
+        None => Vec::new(),
+        Some(v) => v
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(';')
+            .map(|n| {
+                n.trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|&n| n >= 0)
+                    .ok_or_else(|| {
+                        OptionError::new(FLAG, format!("fd={v}: a descriptor number or [N,M,...]"))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    match (&tap, fds.is_empty()) {
+        (Some(_), false) => {
+            return Err(OptionError::new(
+                FLAG,
+                "tap= and fd= exclude each other: name a TAP or pass its descriptors",
+            ))
+        }
+        (None, true) => {
+            return Err(OptionError::new(
+                FLAG,
+                "tap=NAME (or fd=N for an open TAP) is required",
+            ))
+        }
+        (Some(t), _) if t.is_empty() || t.len() > 15 || t.contains('/') => {
+            return Err(OptionError::new(
+                FLAG,
+                format!("tap={t}: an interface name is 1 to 15 bytes without '/'"),
+            ))
+        }
+        _ => {}
+    }
+    let mac = match kv.get("mac") {
+        Some(m) => m
+            .parse::<MacAddr>()
+            .map_err(|e| OptionError::new(FLAG, format!("mac={e}")))?,
+        None => MacAddr(vmm::tap::random_mac()),
+    };
+    let ipv4 = |key: &str| -> Result<Option<std::net::Ipv4Addr>, OptionError> {
+        kv.get(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    OptionError::new(FLAG, format!("{key}={v} is not an IPv4 address"))
+                })
+            })
+            .transpose()
+    };
+    let ip = ipv4("ip")?;
+    let mut mask = ipv4("mask")?;
+    match (ip, mask) {
+        (None, Some(_)) => return Err(OptionError::new(FLAG, "mask= needs ip=")),
+        (Some(_), None) => mask = Some(std::net::Ipv4Addr::new(255, 255, 255, 0)),
+        _ => {}
+    }
+    if ip.is_some() && !fds.is_empty() {
+        return Err(OptionError::new(
+            FLAG,
+            "ip= configures a TAP Caravel creates: with fd= the TAP is already set up",
+        ));
+    }
+    // fd=[N,M]: one pair per descriptor unless num_queues says otherwise.
+    let default_queues = (2 * fds.len().max(1)).min(usize::from(u16::MAX)) as u16;
+    let num_queues = kv.number::<u16>("num_queues")?.unwrap_or(default_queues);
+    let max = 2 * vmm::tap::MAX_QUEUE_PAIRS;
+    if num_queues < 2 || num_queues % 2 != 0 || num_queues > max {
+        return Err(OptionError::new(
+            FLAG,
+            format!("num_queues={num_queues}: an even number from 2 to {max} (receive + transmit per pair)"),
+        ));
+    }
+    if !fds.is_empty() && fds.len() != usize::from(num_queues / 2) {
+        return Err(OptionError::new(
+            FLAG,
+            format!(
+                "{} descriptors for num_queues={num_queues}: give one TAP queue per pair",
+                fds.len()
+            ),
+        ));
+    }
+    let queue_size = kv
+        .number::<u16>("queue_size")?
+        .unwrap_or(vmm::tap::DEFAULT_QUEUE_SIZE);
+    if !queue_size.is_power_of_two() || !(64..=32768).contains(&queue_size) {
+        return Err(OptionError::new(
+            FLAG,
+            format!("queue_size={queue_size}: a power of two from 64 to 32768"),
+        ));
+    }
+    Ok(NetConfig {
+        tap,
+        fds,
+        mac,
+        ip,
+        mask,
+        num_queues,
+        queue_size,
+        id: kv.get("id").map(str::to_string),
+    })
+}
+
 /// Parses one `--disk`.
 pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
     let kv = KeyValues::parse("--disk", s, &["path", "readonly", "id"], Some("path"))?;
@@ -460,7 +618,7 @@ impl Args {
     /// Without `--kernel`, the VM comes from a migration's source: options
     /// that shape the VM are refused by name.
     fn check_incoming(&self) -> Result<(), OptionError> {
-        let given: [(&'static str, bool); 7] = [
+        let given: [(&'static str, bool); 8] = [
             ("--initramfs", self.initramfs.is_some()),
             ("--cmdline", self.cmdline.is_some()),
             // (clap fills in their defaults: only other values are seen)
@@ -468,6 +626,7 @@ impl Args {
             ("--memory", self.memory != "size=512M"),
             ("--disk", !self.disk.is_empty()),
             ("--device", !self.device.is_empty()),
+            ("--net", !self.net.is_empty()),
             ("--rng", self.rng),
         ];
         match given.iter().find(|(_, g)| *g) {
@@ -541,6 +700,11 @@ impl Args {
                 .device
                 .iter()
                 .map(|d| parse_device(d))
+                .collect::<Result<_, _>>()?,
+            net: self
+                .net
+                .iter()
+                .map(|n| parse_net(n))
                 .collect::<Result<_, _>>()?,
             rng: self.rng,
             api_socket: self
@@ -789,6 +953,97 @@ mod tests {
     }
 
     #[test]
+    fn net_devices_take_cloud_hypervisors_keys() {
+        let c = args(&[
+            "--net",
+            "tap=tap7,mac=52:54:00:12:34:56,ip=192.168.7.1,num_queues=4,queue_size=512,id=lan",
+            "--net",
+            "fd=[5,6]",
+            "--net",
+            "fd=[9],num_queues=2",
+            "--net",
+            "mytap",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        let n = &c.net[0];
+        assert_eq!(n.tap.as_deref(), Some("tap7"));
+        assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        assert_eq!(n.ip, Some("192.168.7.1".parse().unwrap()));
+        assert_eq!(
+            n.mask,
+            Some("255.255.255.0".parse().unwrap()),
+            "default mask"
+        );
+        assert_eq!((n.num_queues, n.pairs(), n.queue_size), (4, 2, 512));
+        assert_eq!(n.id.as_deref(), Some("lan"));
+        assert_eq!(c.net.len(), 4);
+        assert_eq!(c.net[1].num_queues, 4, "fd=[5,6]: a pair per descriptor");
+        assert_eq!(c.net[2].fds, vec![9]);
+        assert_eq!(
+            c.net[3].tap.as_deref(),
+            Some("mytap"),
+            "tap= is the default key"
+        );
+        let random = c.net[3].mac.0;
+        assert_eq!(random[0] & 3, 2, "locally administered unicast");
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["net"][0]["mac"], "52:54:00:12:34:56");
+        assert_eq!(v["net"][0]["num_queues"], 4);
+    }
+
+    #[test]
+    fn bad_net_options_name_the_flag_and_the_fix() {
+        for (value, expected) in [
+            (
+                "tap=t,mac=52:54:00:12:34",
+                "--net: mac=52:54:00:12:34 is not a MAC address",
+            ),
+            (
+                "tap=t,mac=01:00:00:00:00:01",
+                "--net: mac=01:00:00:00:00:01 is a multicast",
+            ),
+            ("tap=t,num_queues=3", "--net: num_queues=3: an even number"),
+            (
+                "tap=t,num_queues=34",
+                "--net: num_queues=34: an even number",
+            ),
+            (
+                "tap=t,queue_size=100",
+                "--net: queue_size=100: a power of two",
+            ),
+            ("tap=t,mask=255.0.0.0", "--net: mask= needs ip="),
+            (
+                "tap=t,ip=300.1.1.1",
+                "--net: ip=300.1.1.1 is not an IPv4 address",
+            ),
+            ("tap=t,fd=3", "--net: tap= and fd= exclude each other"),
+            (
+                "mac=52:54:00:12:34:56",
+                "--net: tap=NAME (or fd=N for an open TAP) is required",
+            ),
+            (
+                "fd=[3,4],num_queues=2",
+                "--net: 2 descriptors for num_queues=2",
+            ),
+            ("fd=x", "--net: fd=x: a descriptor number"),
+            (
+                "fd=3,ip=10.0.0.1",
+                "--net: ip= configures a TAP Caravel creates",
+            ),
+            (
+                "tap=a-name-much-too-long",
+                "--net: tap=a-name-much-too-long: an interface name",
+            ),
+            ("tap=t,speed=10", "--net: unknown key 'speed'"),
+        ] {
+            let e = err(&["--net", value]);
+            assert!(e.starts_with(expected), "{value}: {e}");
+        }
+    }
+
+    #[test]
     fn clap_rejects_missing_kernel_and_unknown_flags() {
         assert!(Args::try_parse_from(["caravel"]).is_err());
         assert!(args(&["--frobnicate"]).is_err());
@@ -804,6 +1059,7 @@ mod tests {
             ("--memory", "size=1G"),
             ("--cpus", "boot=2"),
             ("--disk", "path=/x"),
+            ("--net", "tap=t0"),
         ] {
             let a = Args::try_parse_from(["caravel", "--api-socket", "/tmp/d.sock", flag, value])
                 .unwrap();

@@ -81,10 +81,19 @@ pub fn remote_snapshot(env: &Env, sock: &str, url: &str) -> Result<String, Strin
 }
 
 pub fn guest_cmd(s: &mut Session, cmd: &str) -> Result<Vec<String>, String> {
+    guest_cmd_within(s, cmd, BOOT_TIMEOUT)
+}
+
+/// [`guest_cmd`] for a command that may take up to `timeout`.
+pub fn guest_cmd_within(
+    s: &mut Session,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
     s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
     let start = s.transcript.len();
     s.send(cmd)?;
-    let (done, _) = s.expect("CARAVEL-DONE", BOOT_TIMEOUT)?;
+    let (done, _) = s.expect("CARAVEL-DONE", timeout)?;
     if !done.contains("rc=0") {
         return Err(format!(
             "guest command `{cmd}` failed: {done}\n{}",

@@ -19,6 +19,7 @@ mod mem_bench;
 mod mem_scenarios;
 mod migration_bench;
 mod migration_scenarios;
+mod net_scenarios;
 mod robust_scenarios;
 mod scenarios;
 mod session;

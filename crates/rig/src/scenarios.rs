@@ -57,6 +57,10 @@ pub const ALL: &[Scenario] = &[
         run: virtio_devices,
     },
     Scenario {
+        name: "virtio-net-tap-ping-tcp-multiqueue",
+        run: crate::net_scenarios::tap_ping_tcp_multiqueue,
+    },
+    Scenario {
         name: "virtio-mem-resize",
         run: crate::mem_scenarios::resize_anonymous,
     },

@@ -15,6 +15,7 @@ pub mod block;
 pub mod console;
 mod device;
 pub mod mem;
+pub mod net;
 mod queue_util;
 pub mod rng;
 pub mod state;
@@ -38,6 +39,8 @@ pub type DeviceRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>
 
 /// virtio device type IDs (virtio 1.2 §5).
 pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
     /// Block device.
     pub const BLOCK: u32 = 2;
     /// Console.

@@ -102,6 +102,8 @@ pub enum DeviceState {
     Stateless,
     /// virtio-mem.
     Mem(crate::mem::MemSavedState),
+    /// virtio-net (its TAP is reopened from the configuration).
+    Net(crate::net::NetSavedState),
 }
 
 /// A virtio device on PCI: configuration space, MSI-X, common

@@ -24,6 +24,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// VFIO passthrough devices.
     pub devices: Vec<DeviceConfig>,
+    /// virtio-net devices on host TAPs.
+    pub net: Vec<NetConfig>,
     /// A virtio-rng device.
     pub rng: bool,
     /// Control API socket.
@@ -128,6 +130,91 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// `--net`: a virtio-net device on a host TAP (Cloud Hypervisor's names).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Deserialize)]
+pub struct NetConfig {
+    /// The TAP's name: opened if it exists, created (and removed with
+    /// Caravel) if not. `None` with `fds`.
+    pub tap: Option<String>,
+    /// TAP descriptors the caller opened, one per queue pair (never saved:
+    /// a restore cannot reopen them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<i32>,
+    /// The guest's MAC address (random, locally administered, when not given).
+    pub mac: MacAddr,
+    /// IPv4 address given to a TAP Caravel creates.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Its netmask.
+    pub mask: Option<std::net::Ipv4Addr>,
+    /// Receive plus transmit queues: 2 per queue pair.
+    pub num_queues: u16,
+    /// Size of each queue.
+    pub queue_size: u16,
+    /// Name in `vm.info` and logs.
+    pub id: Option<String>,
+}
+
+impl NetConfig {
+    /// Queue pairs (one TAP queue and one worker each).
+    pub fn pairs(&self) -> usize {
+        usize::from(self.num_queues / 2)
+    }
+}
+
+/// A MAC address, written `52:54:00:12:34:56`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s} is not a MAC address (six hex bytes: 52:54:00:12:34:56)");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!(
+                "{s} is a multicast address: a NIC needs a unicast one (even first byte)"
+            ));
+        }
+        Ok(Self(mac))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `--device`: a host PCI device passed through with VFIO.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DeviceConfig {
@@ -199,6 +286,7 @@ impl VmConfig {
             console: ConsoleConfig::Off,
             disks: Vec::new(),
             devices: Vec::new(),
+            net: Vec::new(),
             rng: false,
             api_socket: None,
             event_monitor: None,

@@ -27,6 +27,7 @@ mod platform;
 mod ram_slots;
 pub mod seccomp;
 pub mod snapshot;
+pub mod tap;
 #[doc(hidden)]
 pub mod test_support;
 mod vcpu;

@@ -245,6 +245,7 @@ const WORKER_SYSCALLS: &[libc::c_long] = &[
 /// A virtio worker's ioctls: virtio-mem's KVM memory slots and VFIO DMA,
 /// interrupt routes.
 const WORKER_IOCTLS: &[u64] = &[
+    0x4004_54d0, // TUNSETOFFLOAD (virtio-net activation and control queue)
     0x4020_ae46, // KVM_SET_USER_MEMORY_REGION (virtio-mem slots)
     0x4008_ae6a, // KVM_SET_GSI_ROUTING
     0x4020_aea5, // KVM_SIGNAL_MSI

@@ -147,7 +147,34 @@ pub fn add_vfio_devices(
     Ok(())
 }
 
-/// Creates the configured virtio devices on `pci`: disks, console, rng.
+/// A virtio-net device on the TAP `n` names (opened or created now).
+fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
+    let tap = match &n.tap {
+        Some(name) => crate::tap::open_named(name, n.pairs(), n.ip.zip(n.mask)),
+        None => crate::tap::from_fds(&n.fds),
+    }
+    .map_err(|e| Error::config("--net", e))?;
+    log::info!(
+        "virtio-net: TAP {} ({}{} queue pair(s)), guest MAC {}",
+        tap.name,
+        if tap.created { "created, " } else { "" },
+        tap.queues.len(),
+        n.mac
+    );
+    let options = virtio::net::NetOptions {
+        mac: n.mac.0,
+        queue_size: n.queue_size,
+        ufo: tap.ufo,
+    };
+    let queues = tap
+        .queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn virtio::net::TapQueue>)
+        .collect();
+    virtio::net::Net::new(options, queues).map_err(|e| Error::config("--net", e))
+}
+
+/// Creates the configured virtio devices on `pci`: disks, console, net, rng.
 /// Returns the disk images' locks, taken unless `lock_disks` is false.
 pub fn add_virtio_devices(
     cfg: &VmConfig,
@@ -199,6 +226,10 @@ pub fn add_virtio_devices(
             Box::new(virtio::console::Console::new(out, input)),
             mem.clone(),
         )?;
+    }
+    for (i, n) in cfg.net.iter().enumerate() {
+        let name = n.id.clone().unwrap_or_else(|| format!("virtio-net{i}"));
+        pci.add_virtio(&name, Box::new(open_net(n)?), mem.clone())?;
     }
     if cfg.rng {
         pci.add_virtio(

@@ -82,6 +82,15 @@ impl Session {
                 vfio.join(", ")
             )));
         }
+        if !cfg.net.is_empty() {
+            // The destination would open the source's TAP while the source
+            // still holds it (and a TAP on another host is another wire).
+            return Err(Error::Migration(
+                "the VM has virtio-net devices, which cannot migrate yet (snapshot and \
+                 restore carry them)"
+                    .into(),
+            ));
+        }
         if opts.local {
             if !matches!(opts.to, Endpoint::Unix(_)) {
                 return Err(Error::Migration(

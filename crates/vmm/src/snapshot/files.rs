@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use super::memory_file::SavedRegion;
 use super::{memory_file, VmState, ARCH, STATE_VERSION};
 use crate::config::{
-    ConsoleConfig, CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, Payload, RawPayload,
-    VmConfig,
+    ConsoleConfig, CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, NetConfig, Payload,
+    RawPayload, VmConfig,
 };
 use crate::vm::Vm;
 use crate::{Error, Result};
@@ -48,6 +48,9 @@ pub struct SavedConfig {
     pub console: bool,
     /// A virtio-rng device.
     pub rng: bool,
+    /// virtio-net devices: their TAPs are reopened by name on restore.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 impl SavedConfig {
@@ -63,6 +66,7 @@ impl SavedConfig {
             disks: cfg.disks.clone(),
             console: cfg.console != ConsoleConfig::Off,
             rng: cfg.rng,
+            net: cfg.net.clone(),
         }
     }
 
@@ -98,6 +102,7 @@ impl SavedConfig {
         cfg.disks = self.disks.clone();
         cfg.devices = Vec::new();
         cfg.rng = self.rng;
+        cfg.net = self.net.clone();
         cfg.console = match (self.console, &host.console) {
             (false, _) => ConsoleConfig::Off,
             (true, ConsoleConfig::Off) => ConsoleConfig::File("/dev/null".into()),
@@ -167,6 +172,12 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
 /// snapshot under the real names.
 pub fn save(vm: &Vm, cfg: &VmConfig, dir: &Path) -> Result<SaveReport> {
     let started = Instant::now();
+    if let Some(n) = cfg.net.iter().find(|n| n.tap.is_none()) {
+        return Err(Error::Snapshot(format!(
+            "virtio-net {} was given its TAP as fd=, which a restore cannot reopen: use tap=NAME",
+            n.id.as_deref().unwrap_or("device")
+        )));
+    }
     let state = vm.snapshot()?;
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let memory = memory_file::regions(vm.memory());
