@@ -9,7 +9,7 @@ $B mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 # Loopback, for the live-migration scenarios' tcp:127.0.0.1 streams.
 $B ip link set lo up 2>/dev/null || $B ifconfig lo 127.0.0.1 up
 export PATH=/bin
-for m in irqbypass ccp kvm kvm-amd tun vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
+for m in irqbypass ccp kvm kvm-amd tun tap vhost_iotlb vhost vhost_net vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
   [ -f /mod/$m.ko ] && { $B insmod /mod/$m.ko || echo "RIG| # insmod $m failed"; }
 done
 args=$($B sed -n 's/.*rig\.args=\([^ ]*\).*/\1/p' /proc/cmdline)

@@ -19,18 +19,19 @@ require_setup arm64
 
 log "building static aarch64 caravel binaries"
 (cd "$REPO_DIR" && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-   RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --target $TARGET -p caravel -p rig)
+   RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --target $TARGET -p caravel -p rig -p guest-tools)
 BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" aarch64 | tail -n1)
 A=$("$RIG_DIR/fetch-arm64.sh" | tail -n1)
-INITRD=$(BUSYBOX=$A/busybox "$RIG_DIR/build-initramfs.sh" | tail -n1)
+INITRD=$(BUSYBOX=$A/busybox "$RIG_DIR/build-initramfs.sh" "$BIN/caravel-netbench" | tail -n1)
 ITS_GUEST=$("$RIG_DIR/build-guest-its.sh" | tail -n1)
 
 ROOT=$(mktemp -d)
 trap 'rm -rf "$ROOT" "$ROOT.cpio"' EXIT
-mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,guest}
+mkdir -p "$ROOT"/{bin,dev,proc,sys,tmp,guest,mod}
 cp "$A/busybox" "$ROOT/bin/"
+cp "$A"/mod/*.ko "$ROOT/mod/" 2>/dev/null || true
 for applet in $(qemu-aarch64 "$A/busybox" --list); do [ "$applet" = busybox ] || ln -sf busybox "$ROOT/bin/$applet"; done
 cp "$BIN/caravel" "$BIN/caravel-remote" "$BIN/caravel-rig" "$ROOT/bin/"
 cp "$KDIR/Image" "$ROOT/guest/"

@@ -12,6 +12,8 @@
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
 #        tests/vm/run.sh --bench-snapshot  Caravel vs QEMU save to a file and restore in a new process
 #        tests/vm/run.sh --bench-migration Caravel vs QEMU live migration to a second process (unix socket)
+#        tests/vm/run.sh --bench-net [ONLY]  Caravel vs QEMU virtio-net (vhost=off and on) TCP throughput,
+#                                        latency, VMM CPU per GiB over a TAP (ONLY: Caravel, vhost=off, vhost=on)
 #        tests/vm/run.sh --selftests [ARGS]  caravel-selftests ARGS against the outer VM's real KVM (TAP)
 #        tests/vm/run.sh --vfio [SCENARIO...] SR-IOV + VF tokens through vfio-pci: the outer VM is a q35
 #                                        with emulated VT-d and an igb NIC (QEMU 10 from bookworm-backports)
@@ -51,7 +53,7 @@ log "building static caravel binaries"
 BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" x86_64 | tail -n1)
-INITRD=$("$RIG_DIR/build-initramfs.sh" "$BIN/caravel-blkbench" | tail -n1)
+INITRD=$("$RIG_DIR/build-initramfs.sh" "$BIN/caravel-blkbench" "$BIN/caravel-netbench" | tail -n1)
 L1=$("$RIG_DIR/fetch-l1-kernel.sh" | tail -n1)
 
 ROOT=$(mktemp -d)
@@ -77,7 +79,7 @@ if [ "${1:-}" = --selftests ]; then
   printf '%s\n' "$*" > "$ROOT/rig-selftests"
   set -- --selftests
 fi
-if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ] || [ "${1:-}" = --bench-migration ]; then
+if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ] || [ "${1:-}" = --bench-migration ] || [ "${1:-}" = --bench-net ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
   cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
@@ -118,6 +120,7 @@ case "${1:-}" in
   --bench-mem) ARGS="--bench-mem" ;;
   --bench-snapshot) ARGS="--bench-snapshot" ;;
   --bench-migration) ARGS="--bench-migration" ;;
+  --bench-net) ARGS="--bench-net${2:+,--bench-net-only,$2}" ;;
   --exec) ARGS="--exec" ;;   # the commands are in /rig-exec.sh: the kernel command line holds no script
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac

@@ -130,11 +130,11 @@ pub struct Args {
     #[arg(
         long,
         value_name = "tap=NAME[,mac=MAC][,ip=IP,mask=MASK][,num_queues=N][,queue_size=N]",
-        help = "A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=IP,mask=MASK]\
+        help = "A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,host_mac=MAC][,ip=IP,mask=MASK]\
                 [,num_queues=N][,queue_size=N][,id=NAME], or fd=N (fd=[N,M,...] for \
                 several queue pairs) for TAPs already open in Caravel's process, opened \
                 with IFF_VNET_HDR. An existing TAP is opened; a missing one is created, \
-                given ip= and mask= (default 255.255.255.0), brought up, and removed when \
+                given ip= and mask= (default 255.255.255.0) and host_mac=, brought up, and removed when \
                 Caravel exits. num_queues counts receive plus transmit queues (default 2, \
                 one pair; more pairs need a multi-queue TAP and use one host thread each), \
                 queue_size defaults to 256. Without mac= the guest gets a random locally \
@@ -352,6 +352,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
             "tap",
             "fd",
             "mac",
+            "host_mac",
             "ip",
             "mask",
             "num_queues",
@@ -405,6 +406,19 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
             .map_err(|e| OptionError::new(FLAG, format!("mac={e}")))?,
         None => MacAddr(vmm::tap::random_mac()),
     };
+    let host_mac = kv
+        .get("host_mac")
+        .map(|m| {
+            m.parse::<MacAddr>()
+                .map_err(|e| OptionError::new(FLAG, format!("host_mac={e}")))
+        })
+        .transpose()?;
+    if host_mac.is_some() && !fds.is_empty() {
+        return Err(OptionError::new(
+            FLAG,
+            "host_mac= sets up a TAP Caravel creates: with fd= the TAP is already set up",
+        ));
+    }
     let ipv4 = |key: &str| -> Result<Option<std::net::Ipv4Addr>, OptionError> {
         kv.get(key)
             .map(|v| {
@@ -459,6 +473,7 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
         tap,
         fds,
         mac,
+        host_mac,
         ip,
         mask,
         num_queues,
@@ -956,7 +971,7 @@ mod tests {
     fn net_devices_take_cloud_hypervisors_keys() {
         let c = args(&[
             "--net",
-            "tap=tap7,mac=52:54:00:12:34:56,ip=192.168.7.1,num_queues=4,queue_size=512,id=lan",
+            "tap=tap7,mac=52:54:00:12:34:56,host_mac=52:54:00:00:00:01,ip=192.168.7.1,num_queues=4,queue_size=512,id=lan",
             "--net",
             "fd=[5,6]",
             "--net",
@@ -970,6 +985,10 @@ mod tests {
         let n = &c.net[0];
         assert_eq!(n.tap.as_deref(), Some("tap7"));
         assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        assert_eq!(
+            n.host_mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:00:00:01")
+        );
         assert_eq!(n.ip, Some("192.168.7.1".parse().unwrap()));
         assert_eq!(
             n.mask,
@@ -1031,6 +1050,14 @@ mod tests {
             (
                 "fd=3,ip=10.0.0.1",
                 "--net: ip= configures a TAP Caravel creates",
+            ),
+            (
+                "fd=3,host_mac=52:54:00:00:00:01",
+                "--net: host_mac= sets up a TAP Caravel creates",
+            ),
+            (
+                "tap=t,host_mac=zz",
+                "--net: host_mac=zz is not a MAC address",
             ),
             (
                 "tap=a-name-much-too-long",

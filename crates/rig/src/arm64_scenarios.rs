@@ -26,6 +26,10 @@ pub const ALL: &[Scenario] = &[
         run: console_and_mem,
     },
     Scenario {
+        name: "arm64-virtio-net-tap-ping-tcp-multiqueue",
+        run: crate::net_scenarios::tap_ping_tcp_multiqueue_arm64,
+    },
+    Scenario {
         name: "arm64-snapshot-restore-in-a-new-process",
         run: crate::snapshot_scenarios::restore_in_new_process_arm64,
     },
@@ -191,7 +195,8 @@ fn its_snapshot(_: &Env) -> Result<String, String> {
     Err("aarch64 only".into())
 }
 
-fn args(env: &Env, test: &str, extra: &[&str]) -> Vec<String> {
+/// Caravel's arguments for arm64 guest test `test`: 2 vCPUs, 256 MiB, plus `extra`.
+pub fn args(env: &Env, test: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "--kernel",
         &env.guest("Image"),

@@ -19,6 +19,7 @@ mod mem_bench;
 mod mem_scenarios;
 mod migration_bench;
 mod migration_scenarios;
+mod net_bench;
 mod net_scenarios;
 mod robust_scenarios;
 mod scenarios;
@@ -82,6 +83,8 @@ fn main() {
     let mut bench_mem = false;
     let mut bench_snapshot = false;
     let mut bench_migration = false;
+    let mut bench_net = false;
+    let mut bench_net_only = None;
     let mut vfio = false;
     let mut arm64 = false;
     let mut args = std::env::args().skip(1);
@@ -97,6 +100,8 @@ fn main() {
             "--bench-mem" => bench_mem = true,
             "--bench-snapshot" => bench_snapshot = true,
             "--bench-migration" => bench_migration = true,
+            "--bench-net" => bench_net = true,
+            "--bench-net-only" => bench_net_only = args.next(),
             "--vfio" => vfio = true,
             "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
@@ -108,6 +113,14 @@ fn main() {
             }
             _ => wanted.extend(a.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
         }
+    }
+    if bench_net {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = net_bench::run(&env, &prefix, bench_net_only.as_deref()) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
     }
     if bench_migration {
         let prefix = PREFIX.with(|p| p.borrow().clone());

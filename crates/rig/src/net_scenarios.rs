@@ -54,14 +54,41 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Prints a TAP diagnostic at most every 30 s while a transfer runs, so
+/// that a slow one is not taken for a silent (wedged) outer VM.
+struct Progress {
+    what: String,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(what: String) -> Self {
+        Self {
+            what,
+            last: Instant::now(),
+        }
+    }
+
+    fn at(&mut self, bytes: usize) {
+        if self.last.elapsed() >= Duration::from_secs(30) {
+            self.last = Instant::now();
+            crate::diag(&format!("{}: {} MiB so far", self.what, bytes / MIB));
+        }
+    }
+}
+
 /// Serves `data` to the first connection on `port` (and reads nothing).
 fn serve(port: u16, data: Vec<u8>) -> Result<HostSide<Duration>, String> {
     let l = TcpListener::bind((HOST_IP, port)).map_err(|e| format!("bind {port}: {e}"))?;
     Ok(std::thread::spawn(move || {
         let (mut c, _) = l.accept().map_err(|e| format!("accept {port}: {e}"))?;
         let t = Instant::now();
-        c.write_all(&data)
-            .map_err(|e| format!("send {port}: {e}"))?;
+        let mut progress = Progress::new(format!("host -> guest on port {port}"));
+        for (i, chunk) in data.chunks(MIB).enumerate() {
+            c.write_all(chunk)
+                .map_err(|e| format!("send {port}: {e}"))?;
+            progress.at((i + 1) * MIB);
+        }
         let _ = c.shutdown(Shutdown::Write);
         // Wait for the guest to close: then it has read everything.
         let mut rest = Vec::new();
@@ -82,8 +109,17 @@ fn sink(port: u16, path: &Path) -> Result<HostSide<(usize, Duration)>, String> {
         let (mut c, _) = l.accept().map_err(|e| format!("accept {port}: {e}"))?;
         let t = Instant::now();
         let mut got = Vec::with_capacity(64 * MIB);
-        c.read_to_end(&mut got)
-            .map_err(|e| format!("receive {port}: {e}"))?;
+        let mut progress = Progress::new(format!("guest -> host on port {port}"));
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("receive {port}: {e}")),
+            }
+            progress.at(got.len());
+        }
         let took = t.elapsed();
         std::fs::write(&path, &got).map_err(|e| e.to_string())?;
         Ok((got.len(), took))
@@ -117,25 +153,40 @@ fn input_irqs(lines: &[String]) -> (u64, u64) {
     (count("input.0"), count("input.1"))
 }
 
+/// The card: a TAP Caravel creates, two queue pairs.
+fn net_option() -> String {
+    format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,mac={MAC},num_queues=4")
+}
+
+/// [`tap_ping_tcp_multiqueue_with`] on x86_64 (vmlinux, 2 vCPUs).
 pub fn tap_ping_tcp_multiqueue(env: &Env) -> Result<String, String> {
+    let net = net_option();
+    let args = caravel_args(
+        env,
+        "vmlinux",
+        "interactive",
+        &["--cpus", "boot=2", "--net", &net],
+    );
+    tap_ping_tcp_multiqueue_with(env, &args)
+}
+
+/// [`tap_ping_tcp_multiqueue_with`] on aarch64 (Image, 2 vCPUs, MSI-X
+/// through the ITS).
+pub fn tap_ping_tcp_multiqueue_arm64(env: &Env) -> Result<String, String> {
+    let net = net_option();
+    let args = crate::arm64_scenarios::args(env, "interactive", &["--net", &net]);
+    tap_ping_tcp_multiqueue_with(env, &args)
+}
+
+/// Boots an interactive 2-vCPU guest with `args` (which hold
+/// [`net_option`]) and checks the TAP, ping, 64 MiB each way and two
+/// parallel streams on two queue pairs.
+fn tap_ping_tcp_multiqueue_with(env: &Env, args: &[String]) -> Result<String, String> {
     let sys = Path::new("/sys/class/net").join(TAP);
     if sys.exists() {
         return Err(format!("{TAP} exists before the test"));
     }
-    let mut s = Session::spawn(
-        &env.bin("caravel"),
-        &caravel_args(
-            env,
-            "vmlinux",
-            "interactive",
-            &[
-                "--cpus",
-                "boot=2",
-                "--net",
-                &format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,mac={MAC},num_queues=4"),
-            ],
-        ),
-    )?;
+    let mut s = Session::spawn(&env.bin("caravel"), args)?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     // The TAP Caravel created: up, with its address.
     let addr = std::process::Command::new("ip")
@@ -185,7 +236,7 @@ pub fn tap_ping_tcp_multiqueue(env: &Env) -> Result<String, String> {
         &mut s,
         &format!(
             "dd if=/dev/urandom of=/tmp/blob bs=1M count=64 2>/dev/null && md5sum /tmp/blob && \
-             nc {HOST_IP} 5001 </tmp/blob; rm -f /tmp/blob"
+             caravel-netbench put {HOST_IP}:5001 /tmp/blob; rm -f /tmp/blob"
         ),
         TRANSFER_TIMEOUT,
     )?;

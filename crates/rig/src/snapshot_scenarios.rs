@@ -17,6 +17,34 @@ const MIB: u64 = 1 << 20;
 /// Disk sectors the workload cycles through.
 const SECTORS: u64 = 2000;
 
+/// The virtio-net card of the snapshot scenario: a TAP each Caravel
+/// creates (the restored one again, after the first one died with it).
+const NET_TAP: &str = "crvsnap0";
+const NET_HOST: &str = "10.78.0.1";
+const NET_MAC: &str = "52:54:00:5a:5a:01";
+
+/// The guest (eth0 set up first when `setup`) pings the TAP's host end
+/// with its MAC unchanged.
+fn ping_host(s: &mut Session, when: &str, setup: bool) -> Result<(), String> {
+    let up = if setup {
+        "ifconfig eth0 10.78.0.2 netmask 255.255.255.0 up; "
+    } else {
+        ""
+    };
+    let out = crate::guest::guest_cmd_within(
+        s,
+        &format!("{up}cat /sys/class/net/eth0/address; ping -c 2 -W 10 {NET_HOST}"),
+        BOOT_TIMEOUT,
+    )
+    .map_err(|e| format!("virtio-net {when}: {e}"))?;
+    if !out.iter().any(|l| l.trim() == NET_MAC)
+        || !out.iter().any(|l| l.contains("2 packets received"))
+    {
+        return Err(format!("virtio-net {when}: {out:?}"));
+    }
+    Ok(())
+}
+
 /// The lines that are numbers.
 pub fn numbers(lines: &[String]) -> Vec<u64> {
     lines
@@ -92,11 +120,14 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
             &format!("path={}", disk.display()),
             "--console",
             &format!("file={}", hvc.display()),
+            "--net",
+            &format!("tap={NET_TAP},ip={NET_HOST},mac={NET_MAC}"),
         ],
     );
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", Duration::from_secs(120))?;
     let base = mem_total(&mut s)?;
+    ping_host(&mut s, "before the snapshot", true)?;
     resize_wait(env, &sock, "768M", 60)?;
     check_total(&mut s, base, 512 * MIB, "before the snapshot")?;
     // The workload: a counter in guest memory (replaced by a rename, so a
@@ -221,6 +252,7 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
             hvc_text.len()
         ));
     }
+    ping_host(&mut r, "after the restore", false)?;
     check_total(&mut r, base, 512 * MIB, "after the restore")?;
     resize_wait(env, &sock2, "1024M", 60)?;
     check_total(&mut r, base, 768 * MIB, "grown after the restore")?;
@@ -233,7 +265,7 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
         "snapshot {} ms (state {} KiB, memory file {} MiB apparent / {} MiB allocated); \
          restore: API answers Paused {} ms after process start, first guest output {} ms after resume; \
          counter {count_before} -> {count_after} -> {last}, disk and hvc0 continue, clock +{} s over a {} s gap; \
-         resize 1024M and 512M after",
+         resize 1024M and 512M after; virtio-net pings the host from a recreated TAP",
         snapshot_time.as_millis(),
         state_bytes / 1024,
         mem_size / MIB,

@@ -54,6 +54,8 @@ pub struct ApiShared {
     pub output_dropped: Option<OutputDropped>,
     /// The current or last live migration.
     pub migration: Option<api::types::MigrationInfo>,
+    /// The running VM's network cards' counters (`vm.counters`), by name.
+    pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
 }
 
 impl ApiShared {
@@ -502,9 +504,13 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         "vm.counters" => {
             // Cloud Hypervisor's shape: {group: {counter: value}}; the group
             // here is "kvm", KVM's vCPU statistics summed over vCPUs.
-            let (stats, dropped) = {
+            let (stats, dropped, nets) = {
                 let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
-                (s.kvm_stats.clone(), s.output_dropped.clone())
+                (
+                    s.kvm_stats.clone(),
+                    s.output_dropped.clone(),
+                    s.net_counters.clone(),
+                )
             };
             let mut counters = api::types::VmCounters::new();
             if let Some(s) = stats {
@@ -519,6 +525,23 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                         ("virtio_console_dropped_bytes".to_string(), load(&d.console)),
                     ]
                     .into_iter()
+                    .collect(),
+                );
+            }
+            for (name, c) in nets {
+                counters.insert(
+                    name,
+                    [
+                        ("rx_frames", c.rx_frames.get()),
+                        ("rx_bytes", c.rx_bytes.get()),
+                        ("rx_dropped", c.rx_dropped.get()),
+                        ("tx_frames", c.tx_frames.get()),
+                        ("tx_bytes", c.tx_bytes.get()),
+                        ("tx_dropped", c.tx_dropped.get()),
+                        ("bad_chains", c.bad_chains.get()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
                     .collect(),
                 );
             }
@@ -609,6 +632,7 @@ mod tests {
             kvm_stats: None,
             output_dropped: None,
             migration: None,
+            net_counters: Vec::new(),
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))

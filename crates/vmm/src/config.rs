@@ -142,6 +142,12 @@ pub struct NetConfig {
     pub fds: Vec<i32>,
     /// The guest's MAC address (random, locally administered, when not given).
     pub mac: MacAddr,
+    /// MAC address of a TAP Caravel creates (the host's end); random when
+    /// not given. A snapshot records the one in use, so that a restore
+    /// creates the TAP again with the address the guest's neighbour
+    /// table holds.
+    #[serde(default)]
+    pub host_mac: Option<MacAddr>,
     /// IPv4 address given to a TAP Caravel creates.
     pub ip: Option<std::net::Ipv4Addr>,
     /// Its netmask.

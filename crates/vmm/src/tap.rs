@@ -23,6 +23,7 @@ const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
+const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
@@ -101,7 +102,7 @@ fn ioctl_value(fd: RawFd, request: libc::c_ulong, value: libc::c_ulong) -> io::R
 /// `ioctl(fd, request, &mut int)`.
 fn ioctl_int(fd: RawFd, request: libc::c_ulong, value: &mut libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a valid, writable int for the call; TUNSETVNETHDRSZ
-    // reads it and TUNGETFEATURES writes it.
+    // and TUNSETSNDBUF read it, TUNGETFEATURES writes it.
     if unsafe { libc::ioctl(fd, request as _, value as *mut libc::c_int) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -118,6 +119,15 @@ impl Tap {
         virtio::net::set_nonblocking(fd.as_raw_fd())?;
         let mut size = VNET_HDR_LEN;
         ioctl_int(fd.as_raw_fd(), TUNSETVNETHDRSZ, &mut size)?;
+        // A TAP charges the frames written to it to its socket until the
+        // host has consumed them, and refuses a write (EAGAIN) past its send
+        // buffer: at the default (wmem_default, about 200 KiB, three 64 KiB
+        // TSO frames) a host that reads slowly makes the device drop the
+        // guest's frames, and TCP crawls through the losses. Unlimited, as
+        // QEMU sets it: the guest's own socket buffers bound what is in
+        // flight.
+        let mut sndbuf = libc::c_int::MAX;
+        ioctl_int(fd.as_raw_fd(), TUNSETSNDBUF, &mut sndbuf)?;
         Ok(Self { fd })
     }
 }
@@ -182,6 +192,7 @@ pub fn open_named(
     name: &str,
     pairs: usize,
     ip: Option<(Ipv4Addr, Ipv4Addr)>,
+    host_mac: Option<[u8; 6]>,
 ) -> Result<OpenedTap, String> {
     let mut req = IfReq::named(name).map_err(|e| e.to_string())?;
     let existed = std::path::Path::new("/sys/class/net").join(name).exists();
@@ -211,16 +222,23 @@ pub fn open_named(
         req.set_flags(flags);
         ioctl_ifreq(fd.as_raw_fd(), TUNSETIFF, &mut req)
             .map_err(|e| explain(name, "TUNSETIFF", e))?;
-        queues.push(Tap::from_fd(fd).map_err(|e| explain(name, "TUNSETVNETHDRSZ", e))?);
+        queues
+            .push(Tap::from_fd(fd).map_err(|e| explain(name, "TUNSETVNETHDRSZ/TUNSETSNDBUF", e))?);
     }
     let name = req.name();
     if !existed {
+        if let Some(mac) = host_mac {
+            set_mac(&name, mac).map_err(|e| explain(&name, "setting host_mac=", e))?;
+        }
         if let Some((addr, mask)) = ip {
             configure_ipv4(&name, addr, mask).map_err(|e| explain(&name, "setting ip=", e))?;
         }
         bring_up(&name).map_err(|e| explain(&name, "bringing it up", e))?;
-    } else if ip.is_some() {
-        log::warn!("--net: TAP {name} already exists; its address is left as it is (ip= and mask= apply to a TAP Caravel creates)");
+    } else if ip.is_some() || host_mac.is_some() {
+        log::warn!(
+            "--net: TAP {name} already exists; its addresses are left as they are \
+             (ip=, mask= and host_mac= apply to a TAP Caravel creates)"
+        );
     }
     let ufo = probe_ufo(&queues[0]);
     Ok(OpenedTap {
@@ -302,6 +320,26 @@ fn configure_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> io::Result<()> 
     ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &mut req)
 }
 
+fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = IfReq::named(name)?;
+    // A `struct sockaddr`: ARPHRD_ETHER, then the address.
+    req.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+    req.data[2..8].copy_from_slice(&mac);
+    ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &mut req)
+}
+
+/// The MAC address of interface `name` (from sysfs), if it exists.
+pub fn interface_mac(name: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    Some(mac)
+}
+
 fn bring_up(name: &str) -> io::Result<()> {
     let sock = inet_socket()?;
     let mut req = IfReq::named(name)?;
@@ -366,6 +404,7 @@ mod tests {
             return;
         }
         let name = format!("cvt{}", std::process::id() % 100_000);
+        let host_mac = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
         let tap = match open_named(
             &name,
             2,
@@ -373,6 +412,7 @@ mod tests {
                 Ipv4Addr::new(10, 213, 7, 1),
                 Ipv4Addr::new(255, 255, 255, 0),
             )),
+            Some(host_mac),
         ) {
             Ok(t) => t,
             Err(e) if e.contains("CAP_NET_ADMIN") => {
@@ -386,8 +426,9 @@ mod tests {
         let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/flags")).unwrap();
         let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
         assert_ne!(flags & libc::IFF_UP as u32, 0, "brought up");
+        assert_eq!(interface_mac(&name), Some(host_mac), "host_mac= set");
         // A second user of a multi-queue TAP with other flags is refused.
-        let err = open_named(&name, 1, None).err().unwrap();
+        let err = open_named(&name, 1, None, None).err().unwrap();
         assert!(err.contains("multi_queue"), "{err}");
         drop(tap);
         assert!(

@@ -58,6 +58,8 @@ pub struct Vm {
     ram_slots: Arc<RamSlots>,
     /// The locks on the disk images.
     disk_locks: Vec<DiskLock>,
+    /// Each network card's traffic counters, by device name.
+    net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
     vm_fd: Arc<VmFd>,
     ram: memory::GuestRam,
 }
@@ -191,7 +193,7 @@ impl Vm {
             hotplug_region.map(|(base, _)| base),
         )?);
         let console_dropped = Arc::new(AtomicU64::new(0));
-        let disk_locks = vm_devices::add_virtio_devices(
+        let host_side = vm_devices::add_virtio_devices(
             cfg,
             &mut pci,
             &view.memory(),
@@ -256,7 +258,8 @@ impl Vm {
             console_dropped,
             view,
             ram_slots,
-            disk_locks,
+            disk_locks: host_side.disk_locks,
+            net_counters: host_side.net_counters,
         })
     }
 
@@ -283,6 +286,11 @@ impl Vm {
     /// KVM's statistics of this VM's vCPUs.
     pub fn kvm_stats(&self) -> Arc<KvmStats> {
         self.kvm_stats.clone()
+    }
+
+    /// Each network card's traffic counters, by device name (`vm.counters`).
+    pub fn net_counters(&self) -> Vec<(String, Arc<virtio::net::NetCounters>)> {
+        self.net_counters.clone()
     }
 
     /// Bytes of virtio-console output dropped so far (the host did not read).

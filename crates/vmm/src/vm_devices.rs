@@ -150,7 +150,9 @@ pub fn add_vfio_devices(
 /// A virtio-net device on the TAP `n` names (opened or created now).
 fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
     let tap = match &n.tap {
-        Some(name) => crate::tap::open_named(name, n.pairs(), n.ip.zip(n.mask)),
+        Some(name) => {
+            crate::tap::open_named(name, n.pairs(), n.ip.zip(n.mask), n.host_mac.map(|m| m.0))
+        }
         None => crate::tap::from_fds(&n.fds),
     }
     .map_err(|e| Error::config("--net", e))?;
@@ -174,16 +176,25 @@ fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
     virtio::net::Net::new(options, queues).map_err(|e| Error::config("--net", e))
 }
 
+/// What the VM keeps of its virtio devices' host side.
+pub struct VirtioHostSide {
+    /// The disk images' locks.
+    pub disk_locks: Vec<DiskLock>,
+    /// Each network card's traffic counters, by device name.
+    pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
+}
+
 /// Creates the configured virtio devices on `pci`: disks, console, net, rng.
-/// Returns the disk images' locks, taken unless `lock_disks` is false.
+/// The disk images' locks are taken unless `lock_disks` is false.
 pub fn add_virtio_devices(
     cfg: &VmConfig,
     pci: &mut PciSegment,
     mem: &virtio::DeviceMemory,
     console_dropped: &Arc<AtomicU64>,
     lock_disks: bool,
-) -> Result<Vec<DiskLock>> {
+) -> Result<VirtioHostSide> {
     let mut locks = Vec::new();
+    let mut net_counters = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -229,7 +240,9 @@ pub fn add_virtio_devices(
     }
     for (i, n) in cfg.net.iter().enumerate() {
         let name = n.id.clone().unwrap_or_else(|| format!("virtio-net{i}"));
-        pci.add_virtio(&name, Box::new(open_net(n)?), mem.clone())?;
+        let net = open_net(n)?;
+        net_counters.push((name.clone(), net.counters()));
+        pci.add_virtio(&name, Box::new(net), mem.clone())?;
     }
     if cfg.rng {
         pci.add_virtio(
@@ -238,5 +251,8 @@ pub fn add_virtio_devices(
             mem.clone(),
         )?;
     }
-    Ok(locks)
+    Ok(VirtioHostSide {
+        disk_locks: locks,
+        net_counters,
+    })
 }

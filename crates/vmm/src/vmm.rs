@@ -188,6 +188,7 @@ impl Vmm {
             kvm_stats: None,
             output_dropped: None,
             migration: None,
+            net_counters: Vec::new(),
         }));
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
@@ -296,6 +297,7 @@ impl Vmm {
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
                 s.kvm_stats = Some(vm.kvm_stats());
+                s.net_counters = vm.net_counters();
             }
             emit(
                 "booting",
@@ -312,6 +314,7 @@ impl Vmm {
                 s.state = VmState::Created;
                 s.memory_device = None;
                 s.kvm_stats = None;
+                s.net_counters.clear();
             }
             match reason {
                 ExitReason::Reset if !cfg.no_reboot => {

@@ -15,6 +15,17 @@ pub trait TapQueue: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize>;
+    /// Writes one frame gathered from `iov` (`writev(2)`), straight from
+    /// guest memory.
+    ///
+    /// # Safety
+    ///
+    /// Every entry of `iov` must describe memory that stays mapped and
+    /// readable for the duration of the call.
+    unsafe fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller's contract is writev's.
+        unsafe { writev_fd(self.fd(), iov) }
+    }
     /// Sets the offloads the TAP may hand over (`TUNSETOFFLOAD`, `TUN_F_*`
     /// bits): what the driver accepted to receive.
     fn set_offload(&self, tun_flags: u32) -> io::Result<()>;
@@ -95,6 +106,23 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `writev(2)` of one frame to `fd`.
+///
+/// # Safety
+///
+/// Every entry of `iov` must describe memory readable for the call.
+pub unsafe fn writev_fd(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    let count = iov.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: `iov` holds `count` valid iovecs, each describing readable
+    // memory by the caller's contract; writev only reads them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -404,6 +404,40 @@ impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Net {
     }
 }
 
+/// What a queue pair's worker does on one wake-up of each kind, without
+/// the thread: transmit (queue 1), frames from `tap` (into queue 0), the
+/// control queue (2) and a receive notification, over any guest memory.
+/// The fuzz target drives the device through it; returns the TAP.
+pub fn process_once<M: GuestMemory>(
+    queues: &mut [ActiveQueue],
+    mem: &M,
+    tap: Box<dyn TapQueue>,
+    acked: u64,
+) -> Box<dyn TapQueue> {
+    let mut h = PairHandler {
+        pair: 0,
+        tap,
+        rx: 0,
+        tx: 1,
+        ctrl: Some((
+            2,
+            ctrl::Control {
+                acked,
+                max_pairs: 1,
+                guest_offloads: acked & GUEST_OFFLOAD_BITS,
+            },
+        )),
+        receiver: rx::Receiver::new(acked & features::MRG_RXBUF != 0),
+        tx_buf: Vec::new(),
+        counters: Arc::default(),
+    };
+    h.process_queue(1, queues, mem);
+    h.process_extra(queues, mem);
+    h.process_queue(2, queues, mem);
+    h.process_queue(0, queues, mem);
+    h.tap
+}
+
 /// One queue pair's worker state (pair 0 also answers the control queue).
 struct PairHandler {
     pair: usize,

@@ -535,3 +535,38 @@ fn the_configuration_space_has_the_mac_link_and_pairs() {
     assert_eq!(tail, [0; 4], "past the end reads as zero");
     assert_ne!(VirtioDeviceCommon::features(&rig.net) & features::MQ, 0);
 }
+
+/// A frame sent straight from guest memory (descriptors across two memory
+/// regions), and one of more descriptors than a writev takes (copied),
+/// arrive whole.
+#[test]
+fn transmit_writes_frames_from_guest_memory_whole() {
+    let m: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x8_0000),
+        (GuestAddress(0x8_0000), 0x8_0000),
+    ])
+    .unwrap();
+    let (mut tap, mut host) = SocketTap::pair().unwrap();
+    let c = NetCounters::default();
+    let mut buf = Vec::new();
+    let f = frame(0x300);
+    // Across the regions' boundary.
+    m.write_slice(&f, GuestAddress(0x7_ff00)).unwrap();
+    let mut ring = Ring::new(0xa_0000, 128);
+    ring.post(&m, &[(0x7_ff00, 0x100, false), (0x8_0000, 0x200, false)]);
+    // 100 descriptors of 3 bytes: more than one writev takes.
+    let g = frame(300);
+    m.write_slice(&g, GuestAddress(0x4_0000)).unwrap();
+    let many: Vec<(u64, u32, bool)> = (0..100).map(|i| (0x4_0000 + 3 * i, 3, false)).collect();
+    ring.post(&m, &many);
+    let mut q = ring.queue();
+    for want in [&f, &g] {
+        let chain = q.pop_descriptor_chain(&m).unwrap();
+        assert_eq!(super::tx::transmit(chain, &m, &mut buf, &mut tap, &c), 0);
+        let mut got = vec![0u8; 4096];
+        let n = host.read(&mut got).unwrap();
+        assert_eq!(&got[..n], &want[..]);
+    }
+    assert_eq!(c.tx_frames.get(), 2);
+    assert_eq!(c.tx_bytes.get(), (0x300 + 300 - 2 * HDR_LEN) as u64);
+}

@@ -66,7 +66,24 @@ impl SavedConfig {
             disks: cfg.disks.clone(),
             console: cfg.console != ConsoleConfig::Off,
             rng: cfg.rng,
-            net: cfg.net.clone(),
+            net: cfg
+                .net
+                .iter()
+                .map(|n| {
+                    // The TAP's address as it is, so that a restore that
+                    // creates the TAP again keeps the guest's neighbour
+                    // table right.
+                    let mut n = n.clone();
+                    if n.host_mac.is_none() {
+                        n.host_mac = n
+                            .tap
+                            .as_deref()
+                            .and_then(crate::tap::interface_mac)
+                            .map(crate::config::MacAddr);
+                    }
+                    n
+                })
+                .collect(),
         }
     }
 
