@@ -26,10 +26,15 @@ where
     let queue = &mut aq.queue;
     let mut used_any = false;
     let mut budget = u32::from(queue.size()) * 2;
+    // A pass that takes nothing although the driver has published more
+    // is a race the next pass settles, once; twice in a row the avail ring
+    // is broken (an index more than a ring ahead, an unreadable entry).
+    let mut stalled = false;
     loop {
         if queue.disable_notification(mem).is_err() {
             break;
         }
+        let budget_before = budget;
         while budget > 0 {
             // Not pop_descriptor_chain: it logs every broken avail ring, a
             // log line a guest could repeat at will.
@@ -57,7 +62,18 @@ where
             used_any = true;
         }
         match queue.enable_notification(mem) {
-            Ok(true) if budget > 0 => continue,
+            Ok(true) if budget == budget_before && stalled => {
+                devices::warn_ratelimited!(
+                    "virtio: queue {}: the driver published chains that cannot be taken; \
+                     waiting for its next notification",
+                    aq.index
+                );
+                break;
+            }
+            Ok(true) if budget > 0 => {
+                stalled = budget == budget_before;
+                continue;
+            }
             Ok(true) => {
                 // Out of budget with work left: come back after other events.
                 if let Err(e) = aq.notify.write(1) {
@@ -192,6 +208,28 @@ mod tests {
     #[test]
     fn a_full_ring_leaves_notifications_enabled_with_event_idx() {
         full_ring_keeps_listening(true);
+    }
+
+    /// An avail index more than a ring ahead: no chain can be taken, and
+    /// the call returns instead of looping on "more available".
+    #[test]
+    fn a_broken_avail_index_does_not_loop() {
+        for event_idx in [false, true] {
+            let m = crate::test_util::mem();
+            m.write_obj(SIZE * 3, AVAIL.unchecked_add(2)).unwrap();
+            let mut aq = active(event_idx);
+            let mut handled = 0;
+            assert!(!drain(&mut aq, &m, |_| {
+                handled += 1;
+                0
+            }));
+            assert_eq!(handled, 0);
+            assert_eq!(
+                used_flags(&m) & VRING_USED_F_NO_NOTIFY,
+                0,
+                "still listening"
+            );
+        }
     }
 
     #[test]

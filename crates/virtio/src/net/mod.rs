@@ -390,15 +390,24 @@ impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Net {
                 tx_buf: Vec::with_capacity(MAX_FRAME),
                 counters: self.counters.clone(),
             };
-            let w = Worker::spawn(
+            match Worker::spawn(
                 &format!("virtio-net-qp{pair}"),
                 handler,
                 queues,
                 mem.clone(),
                 interrupt.clone(),
-            )
-            .map_err(|e| ActivateError::Start(e.to_string()))?;
-            self.workers.push(w);
+            ) {
+                Ok(w) => self.workers.push(w),
+                Err(e) => {
+                    // No half-started device: the pairs already running stop
+                    // (their TAP queues come back); this pair's TAP queue
+                    // went with its handler.
+                    drop(self.pause());
+                    return Err(ActivateError::Start(format!(
+                        "queue pair {pair}: {e}; its TAP queue is closed"
+                    )));
+                }
+            }
         }
         Ok(())
     }

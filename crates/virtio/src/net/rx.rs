@@ -65,6 +65,9 @@ impl Receiver {
     ) -> (bool, bool) {
         let mut delivered = false;
         let mut keep = true;
+        // "No room" right after the driver said it published more is a
+        // race once; twice in a row the ring is broken.
+        let mut stalled = false;
         for _ in 0..BUDGET {
             if self.pending == 0 {
                 match tap.read_frame(&mut self.frame) {
@@ -85,6 +88,7 @@ impl Receiver {
             let len = self.pending;
             match place_frame(queue, mem, &mut self.frame[..len], self.mergeable, counters) {
                 Placement::Delivered => {
+                    stalled = false;
                     self.pending = 0;
                     delivered = true;
                     counters.rx_frames.inc();
@@ -97,7 +101,13 @@ impl Receiver {
                 Placement::NoBuffers => {
                     // Listen for new buffers; if some arrived meanwhile, go on.
                     match queue.enable_notification(mem) {
-                        Ok(true) => continue,
+                        Ok(true) if !stalled => {
+                            stalled = true;
+                            continue;
+                        }
+                        Ok(true) => devices::warn_ratelimited!(
+                            "virtio-net: the receive ring's published buffers cannot be taken"
+                        ),
                         Ok(false) => {}
                         Err(e) => devices::warn_ratelimited!("virtio-net: receive queue: {e}"),
                     }

@@ -570,3 +570,19 @@ fn transmit_writes_frames_from_guest_memory_whole() {
     assert_eq!(c.tx_frames.get(), 2);
     assert_eq!(c.tx_bytes.get(), (0x300 + 300 - 2 * HDR_LEN) as u64);
 }
+
+/// A receive ring whose avail index is more than a ring ahead: the
+/// receiver stops polling the TAP instead of spinning on "more available".
+#[test]
+fn a_broken_receive_ring_stops_the_tap_polling() {
+    let m = mem();
+    let ring = Ring::new(0x8_0000, 16);
+    m.write_obj(48u16, GuestAddress(ring.avail + 2)).unwrap();
+    let mut q = ring.queue();
+    let (mut tap, mut host) = SocketTap::pair().unwrap();
+    host.write_all(&frame(100)).unwrap();
+    let c = NetCounters::default();
+    let mut r = Receiver::new(true);
+    let (notify, keep) = r.receive(&mut q, &m, &mut tap, &c);
+    assert!(!notify && !keep);
+}
