@@ -64,11 +64,26 @@ fn set_cr4_all(vcpu: &VcpuFd, cr4: u64, when: &str) -> CaseResult {
     sregs.cr0 = 0;
     sregs.cr4 |= cr4;
     let want = sregs.cr4;
-    vcpu.set_sregs(&sregs).map_err(|e| {
-        Failure::Fail(format!(
-            "{when}: KVM_SET_SREGS refused the supported CR4 bits {want:#x}: {e}"
-        ))
-    })?;
+    if let Err(e) = vcpu.set_sregs(&sregs) {
+        // Which bits, one at a time over the reset value.
+        let base = vcpu.get_sregs().ctx("KVM_GET_SREGS")?;
+        let refused: Vec<String> = (0..64)
+            .filter(|b| cr4 & (1 << b) != 0)
+            .filter(|b| {
+                let mut one = base;
+                one.cr0 = 0;
+                one.cr4 |= 1 << b;
+                vcpu.set_sregs(&one).is_err()
+            })
+            .map(|b| b.to_string())
+            .collect();
+        let _ = vcpu.set_sregs(&base);
+        return Err(Failure::Fail(format!(
+            "{when}: KVM_SET_SREGS refused the supported CR4 bits {want:#x}: {e} \
+             (alone, bits [{}] are refused)",
+            refused.join(", ")
+        )));
+    }
     check_eq!(
         vcpu.get_sregs().ctx("KVM_GET_SREGS")?.cr4,
         want,

@@ -412,11 +412,24 @@ fn cpuid_e2big(_: &mut Diag) -> CaseResult {
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .ctx("KVM_GET_CPUID2")?;
     let n = cpuid.as_slice().len();
-    check!(
-        back.as_slice().len() >= n,
-        "KVM_GET_CPUID2 returned {} entries, {n} were set",
-        back.as_slice().len()
-    );
+    if back.as_slice().len() < n {
+        let kept: Vec<(u32, u32)> = back
+            .as_slice()
+            .iter()
+            .map(|e| (e.function, e.index))
+            .collect();
+        let missing: Vec<String> = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| !kept.contains(&(e.function, e.index)))
+            .map(|e| format!("{:#x}.{}", e.function, e.index))
+            .collect();
+        return Err(Failure::Fail(format!(
+            "KVM_GET_CPUID2 returned {} entries, {n} were set (missing: {})",
+            back.as_slice().len(),
+            missing.join(", ")
+        )));
+    }
     for (got, set) in back.as_slice()[..n].iter().zip(cpuid.as_slice()) {
         check_eq!(
             (got.function, got.index),
