@@ -20,19 +20,6 @@ const MIB: usize = 1 << 20;
 /// Per guest command that moves data: the nested guest runs under TCG.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `md5sum` of a file in the outer VM.
-fn md5_of(path: &Path) -> Result<String, String> {
-    let out = std::process::Command::new("md5sum")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("md5sum: {e}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string())
-}
-
 /// The first md5 (32 hex digits) in the guest's output.
 fn md5_in(lines: &[String]) -> Option<String> {
     lines.iter().find_map(|l| {
@@ -217,7 +204,7 @@ fn tap_ping_tcp_multiqueue_with(env: &Env, args: &[String]) -> Result<String, St
     let data = pattern(64 * MIB, 15);
     let want = env.tmp.join("rig-net-h2g");
     std::fs::write(&want, &data).map_err(|e| e.to_string())?;
-    let want_md5 = md5_of(&want)?;
+    let want_md5 = crate::scenarios::host_md5(&want)?;
     let _ = std::fs::remove_file(&want);
     let server = serve(5002, data)?;
     let got = guest_cmd_within(
@@ -241,7 +228,7 @@ fn tap_ping_tcp_multiqueue_with(env: &Env, args: &[String]) -> Result<String, St
         TRANSFER_TIMEOUT,
     )?;
     let (len, g2h) = joined(receiver)?;
-    let host_md5 = md5_of(&stored)?;
+    let host_md5 = crate::scenarios::host_md5(&stored)?;
     let _ = std::fs::remove_file(&stored);
     if len != 64 * MIB || md5_in(&sent).as_deref() != Some(host_md5.as_str()) {
         return Err(format!(
@@ -258,9 +245,9 @@ fn tap_ping_tcp_multiqueue_with(env: &Env, args: &[String]) -> Result<String, St
     let (m0, m1) = {
         let p = env.tmp.join("rig-net-mq");
         std::fs::write(&p, &d0).map_err(|e| e.to_string())?;
-        let m0 = md5_of(&p)?;
+        let m0 = crate::scenarios::host_md5(&p)?;
         std::fs::write(&p, &d1).map_err(|e| e.to_string())?;
-        let m1 = md5_of(&p)?;
+        let m1 = crate::scenarios::host_md5(&p)?;
         let _ = std::fs::remove_file(&p);
         (m0, m1)
     };

@@ -248,7 +248,8 @@ fn not_a_kernel(env: &Env) -> Result<String, String> {
 }
 
 /// Runs one shell command in an `interactive` guest; returns its output lines.
-fn host_md5(path: &std::path::Path) -> Result<String, String> {
+/// `md5sum` of a file in the outer VM.
+pub fn host_md5(path: &std::path::Path) -> Result<String, String> {
     let out = std::process::Command::new("md5sum")
         .arg(path)
         .output()
