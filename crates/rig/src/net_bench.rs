@@ -149,7 +149,19 @@ fn frame_counters() -> Option<[u64; 4]> {
 }
 
 /// KVM exit counters the VMM reads from its stats fds.
-const EXITS: &[&str] = &["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits"];
+const EXITS: &[&str] = &[
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "insn_emulation",
+    "irq_injections",
+    "request_irq_exits",
+    "signal_exits",
+    "halt_wakeup",
+    "pf_taken",
+];
 
 fn stream(
     s: &mut Session,
