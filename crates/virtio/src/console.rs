@@ -2,7 +2,7 @@
 //! Output goes to a writer; input comes from an optional host fd (the
 //! terminal), read only while the driver has receive buffers posted.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
@@ -102,7 +102,7 @@ impl ConsoleHandler {
             .map(|d| u64::from(d.len()))
             .sum();
         let want = room.min(CHUNK as u64) as usize;
-        let n = match read_fd(fd, &mut buf[..want]) {
+        let n = match crate::fd_io::read_fd(fd, &mut buf[..want]) {
             Ok(0) => {
                 self.input_eof = true;
                 0
@@ -135,14 +135,6 @@ impl ConsoleHandler {
         let notify = rx.queue.needs_notification(mem).unwrap_or(true);
         (notify, !self.input_eof)
     }
-}
-
-fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` is the host's input descriptor, owned by the VMM for the
-    // device's lifetime; ManuallyDrop keeps this temporary File from closing it.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    f.read(buf)
 }
 
 impl QueueHandler for ConsoleHandler {

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod fd_io;
 pub mod mem;
 pub mod net;
 mod queue_util;

@@ -116,7 +116,7 @@ pub struct Tap {
 
 impl Tap {
     fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        virtio::net::set_nonblocking(fd.as_raw_fd())?;
+        virtio::fd_io::set_nonblocking(fd.as_raw_fd())?;
         let mut size = VNET_HDR_LEN;
         ioctl_int(fd.as_raw_fd(), TUNSETVNETHDRSZ, &mut size)?;
         // A TAP charges the frames written to it to its socket until the
@@ -138,11 +138,11 @@ impl TapQueue for Tap {
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        virtio::net::read_fd(self.fd.as_raw_fd(), buf)
+        virtio::fd_io::read_fd(self.fd.as_raw_fd(), buf)
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
-        virtio::net::write_fd(self.fd.as_raw_fd(), frame)
+        virtio::fd_io::write_fd(self.fd.as_raw_fd(), frame)
     }
 
     fn set_offload(&self, tun_flags: u32) -> io::Result<()> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddressSpace, GuestMemory};
 
-pub use backend::{read_fd, set_nonblocking, tun_flags, write_fd, SocketTap, TapQueue};
+pub use backend::{tun_flags, SocketTap, TapQueue};
 
 use crate::device::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,

@@ -312,10 +312,10 @@ impl TapQueue for Arc<SocketTapProbe> {
         self.0.fd()
     }
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        read_fd(self.0.fd(), buf)
+        crate::fd_io::read_fd(self.0.fd(), buf)
     }
     fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-        write_fd(self.0.fd(), frame)
+        crate::fd_io::write_fd(self.0.fd(), frame)
     }
     fn set_offload(&self, flags: u32) -> std::io::Result<()> {
         self.0.set_offload(flags)
