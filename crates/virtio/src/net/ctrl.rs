@@ -92,7 +92,8 @@ impl Control {
             (CLASS_GUEST_OFFLOADS, GUEST_OFFLOADS_SET) => {
                 let Some(bits) = data
                     .get(..8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
                 else {
                     return ERR;
                 };

@@ -154,33 +154,10 @@ pub(crate) fn place_frame<M: GuestMemory>(
     mergeable: bool,
     counters: &NetCounters,
 ) -> Placement {
-    // Malformed chains at the front are returned empty, so they cannot
-    // block the ring.
-    let first = loop {
-        let start = queue.next_avail();
-        let Some(chain) = next_chain(queue, mem) else {
-            return Placement::NoBuffers;
-        };
-        match capacity(&chain) {
-            Some(room) => {
-                queue.set_next_avail(start);
-                break room;
-            }
-            None => {
-                devices::warn_ratelimited!(
-                    "virtio-net: a receive chain is device-readable or shorter than the header; returned empty"
-                );
-                counters.bad_chains.inc();
-                let head = chain.head_index();
-                if queue.add_used(mem, head, 0).is_err() {
-                    return Placement::NoBuffers;
-                }
-            }
-        }
-    };
     // Which chains the frame takes: nothing is consumed until the frame
-    // fits (every other exit rewinds to `start`).
-    let start = queue.next_avail();
+    // fits (every other exit rewinds to `start`), except malformed chains
+    // at the front, which are returned empty so they cannot block the ring.
+    let mut start = queue.next_avail();
     let mut chains = Vec::new();
     let mut room = 0u64;
     while room < frame.len() as u64 {
@@ -188,20 +165,28 @@ pub(crate) fn place_frame<M: GuestMemory>(
             queue.set_next_avail(start);
             return Placement::NoBuffers;
         };
-        let cap = if chains.is_empty() {
-            first
-        } else {
-            match capacity(&chain) {
-                Some(c) => c,
-                None => {
-                    counters.bad_chains.inc();
-                    queue.set_next_avail(start);
-                    return Placement::Dropped;
-                }
+        match capacity(&chain) {
+            Some(cap) => {
+                room += cap;
+                chains.push(chain);
             }
-        };
-        room += cap;
-        chains.push(chain);
+            None if chains.is_empty() => {
+                devices::warn_ratelimited!(
+                    "virtio-net: a receive chain is device-readable or shorter than the header; returned empty"
+                );
+                counters.bad_chains.inc();
+                if queue.add_used(mem, chain.head_index(), 0).is_err() {
+                    return Placement::NoBuffers;
+                }
+                start = queue.next_avail();
+                continue;
+            }
+            None => {
+                counters.bad_chains.inc();
+                queue.set_next_avail(start);
+                return Placement::Dropped;
+            }
+        }
         if !mergeable {
             break;
         }
