@@ -370,26 +370,17 @@ impl<A: GuestAddressSpace + Send + 'static> VirtioDevice<A> for Net {
                     "the TAP queue of pair {pair} was lost"
                 )));
             };
-            let p = pair as u16;
-            let handler = PairHandler {
-                pair,
-                tap,
-                rx: 2 * p,
-                tx: 2 * p + 1,
-                ctrl: ctrl_index.filter(|_| pair == 0).map(|i| {
-                    (
-                        i,
-                        ctrl::Control {
-                            acked,
-                            max_pairs,
-                            guest_offloads: offloads,
-                        },
-                    )
-                }),
-                receiver: rx::Receiver::new(acked & f::MRG_RXBUF != 0),
-                tx_buf: Vec::with_capacity(MAX_FRAME),
-                counters: self.counters.clone(),
-            };
+            let ctrl = ctrl_index.filter(|_| pair == 0).map(|i| {
+                (
+                    i,
+                    ctrl::Control {
+                        acked,
+                        max_pairs,
+                        guest_offloads: offloads,
+                    },
+                )
+            });
+            let handler = PairHandler::new(pair, tap, ctrl, acked, self.counters.clone());
             match Worker::spawn(
                 &format!("virtio-net-qp{pair}"),
                 handler,
@@ -423,23 +414,12 @@ pub fn process_once<M: GuestMemory>(
     tap: Box<dyn TapQueue>,
     acked: u64,
 ) -> Box<dyn TapQueue> {
-    let mut h = PairHandler {
-        pair: 0,
-        tap,
-        rx: 0,
-        tx: 1,
-        ctrl: Some((
-            2,
-            ctrl::Control {
-                acked,
-                max_pairs: 1,
-                guest_offloads: acked & GUEST_OFFLOAD_BITS,
-            },
-        )),
-        receiver: rx::Receiver::new(acked & features::MRG_RXBUF != 0),
-        tx_buf: Vec::new(),
-        counters: Arc::default(),
+    let control = ctrl::Control {
+        acked,
+        max_pairs: 1,
+        guest_offloads: acked & GUEST_OFFLOAD_BITS,
     };
+    let mut h = PairHandler::new(0, tap, Some((2, control)), acked, Arc::default());
     h.process_queue(1, queues, mem);
     h.process_extra(queues, mem);
     h.process_queue(2, queues, mem);
@@ -460,6 +440,28 @@ struct PairHandler {
 }
 
 impl PairHandler {
+    /// Pair `pair`'s worker state (queues 2·pair and 2·pair+1), with the
+    /// control queue at its index when this pair serves it.
+    fn new(
+        pair: usize,
+        tap: Box<dyn TapQueue>,
+        ctrl: Option<(u16, ctrl::Control)>,
+        acked: u64,
+        counters: Arc<NetCounters>,
+    ) -> Self {
+        let p = pair as u16;
+        Self {
+            pair,
+            tap,
+            rx: 2 * p,
+            tx: 2 * p + 1,
+            ctrl,
+            receiver: rx::Receiver::new(acked & features::MRG_RXBUF != 0),
+            tx_buf: Vec::with_capacity(MAX_FRAME),
+            counters,
+        }
+    }
+
     fn receive<M: GuestMemory>(&mut self, queues: &mut [ActiveQueue], mem: &M) -> (bool, bool) {
         match queues.iter_mut().find(|q| q.index == self.rx) {
             Some(q) => self
