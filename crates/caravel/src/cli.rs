@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use vmm::config::{
     ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MacAddr,
-    MemoryConfig, NetConfig, Payload, VmConfig,
+    MemoryConfig, NetConfig, Payload, VmConfig, VsockConfig,
 };
 use vmm::seccomp::SeccompMode;
 
@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "source_url=file:///DIR[,resume=on][,prefault=on]",
-        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "net", "rng"],
+        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "net", "vsock", "rng"],
         help = "Start from a snapshot taken with vm.snapshot (caravel-remote snapshot) \
                 instead of booting: source_url=file:///DIR[,resume=on]. The VM's vCPUs, \
                 memory and devices come from the snapshot (its disk images must still \
@@ -142,6 +142,20 @@ pub struct Args {
                 Repeat for more devices."
     )]
     pub net: Vec<String>,
+
+    /// A virtio-vsock device (see `--help`).
+    #[arg(
+        long,
+        value_name = "cid=N,socket=PATH",
+        help = "A virtio-vsock device: cid=N,socket=PATH[,id=NAME]. The guest's CID is N \
+                (3 or more). Host programs reach a guest port by connecting to the Unix \
+                socket PATH and writing \"CONNECT <port>\\n\"; Caravel answers \
+                \"OK <host port>\\n\" once the guest accepts (and closes the connection if \
+                nothing listens there), then the connection is the stream. A guest \
+                connection to CID 2 port P reaches the listener at PATH_P. Caravel creates \
+                PATH (replacing a stale socket) and removes it at exit. See docs/vsock.md."
+    )]
+    pub vsock: Option<String>,
 
     /// Host PCI devices passed through with VFIO (see `--help`).
     #[arg(
@@ -482,6 +496,47 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
     })
 }
 
+/// Parses `--vsock`.
+pub fn parse_vsock(s: &str) -> Result<VsockConfig, OptionError> {
+    const FLAG: &str = "--vsock";
+    let kv = KeyValues::parse(FLAG, s, &["cid", "socket", "id"], None)?;
+    let cid = kv
+        .number::<u64>("cid")?
+        .ok_or_else(|| OptionError::new(FLAG, "cid=N is required (the guest's CID, 3 or more)"))?;
+    if !vmm::config::valid_guest_cid(cid) {
+        return Err(OptionError::new(
+            FLAG,
+            format!(
+                "cid={cid} is reserved (0-2 are the hypervisor, loopback and host): use 3 to {}",
+                u32::MAX - 1
+            ),
+        ));
+    }
+    let socket = kv
+        .get("socket")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            OptionError::new(FLAG, "socket=PATH is required (the host's Unix socket)")
+        })?;
+    // sun_path holds 107 bytes; guest connections go to PATH_<port>, up to
+    // 11 more.
+    if socket.as_os_str().len() > 107 - 11 {
+        return Err(OptionError::new(
+            FLAG,
+            format!(
+                "socket={} is too long for a Unix socket with its _<port> suffix (at most 96 bytes): use a shorter path",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(VsockConfig {
+        cid,
+        socket,
+        id: kv.get("id").map(str::to_string),
+    })
+}
+
 /// Parses one `--disk`.
 pub fn parse_disk(s: &str) -> Result<DiskConfig, OptionError> {
     let kv = KeyValues::parse("--disk", s, &["path", "readonly", "id"], Some("path"))?;
@@ -633,7 +688,7 @@ impl Args {
     /// Without `--kernel`, the VM comes from a migration's source: options
     /// that shape the VM are refused by name.
     fn check_incoming(&self) -> Result<(), OptionError> {
-        let given: [(&'static str, bool); 8] = [
+        let given: [(&'static str, bool); 9] = [
             ("--initramfs", self.initramfs.is_some()),
             ("--cmdline", self.cmdline.is_some()),
             // (clap fills in their defaults: only other values are seen)
@@ -642,6 +697,7 @@ impl Args {
             ("--disk", !self.disk.is_empty()),
             ("--device", !self.device.is_empty()),
             ("--net", !self.net.is_empty()),
+            ("--vsock", self.vsock.is_some()),
             ("--rng", self.rng),
         ];
         match given.iter().find(|(_, g)| *g) {
@@ -721,6 +777,7 @@ impl Args {
                 .iter()
                 .map(|n| parse_net(n))
                 .collect::<Result<_, _>>()?,
+            vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
             rng: self.rng,
             api_socket: self
                 .api_socket
@@ -965,6 +1022,34 @@ mod tests {
                 .starts_with("--disk: id= is at most 20 bytes")
         );
         assert!(err(&["--disk", "readonly=on"]).starts_with("--disk: path=PATH is required"));
+    }
+
+    #[test]
+    fn vsock_takes_cloud_hypervisors_keys_and_refuses_reserved_cids() {
+        let c = args(&["--vsock", "cid=3,socket=/run/v.sock,id=vs"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let v = c.vsock.unwrap();
+        assert_eq!(
+            (v.cid, v.socket.to_str(), v.id.as_deref()),
+            (3, Some("/run/v.sock"), Some("vs"))
+        );
+        let long = format!("cid=3,socket=/{}", "a".repeat(100));
+        for (opt, want) in [
+            ("socket=/x", "--vsock: cid=N is required"),
+            ("cid=2,socket=/x", "--vsock: cid=2 is reserved"),
+            (
+                "cid=4294967295,socket=/x",
+                "--vsock: cid=4294967295 is reserved",
+            ),
+            ("cid=3", "--vsock: socket=PATH is required"),
+            (long.as_str(), "--vsock: socket=/aaa"),
+        ] {
+            let e = err(&["--vsock", opt]);
+            assert!(e.starts_with(want), "{opt}: {e}");
+        }
+        assert!(err(&["--vsock", "cid=3,socket=/x,port=5"]).starts_with("--vsock"));
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::net_scenarios::tap_ping_tcp_multiqueue_arm64,
     },
     Scenario {
+        name: "arm64-virtio-vsock-host-guest-md5-flat-rss",
+        run: crate::vsock_scenarios::host_guest_md5_flat_rss_arm64,
+    },
+    Scenario {
         name: "arm64-snapshot-restore-in-a-new-process",
         run: crate::snapshot_scenarios::restore_in_new_process_arm64,
     },

@@ -27,6 +27,7 @@ mod session;
 mod snapshot_bench;
 mod snapshot_scenarios;
 mod vfio_scenarios;
+mod vsock_scenarios;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -16,12 +16,13 @@ const TAP: &str = "crvnet0";
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
 const MAC: &str = "52:54:00:c0:ff:ee";
-const MIB: usize = 1 << 20;
+/// A mebibyte.
+pub const MIB: usize = 1 << 20;
 /// Per guest command that moves data: the nested guest runs under TCG.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The first md5 (32 hex digits) in the guest's output.
-fn md5_in(lines: &[String]) -> Option<String> {
+pub fn md5_in(lines: &[String]) -> Option<String> {
     lines.iter().find_map(|l| {
         let w = l.split_whitespace().next()?;
         (w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).then(|| w.to_string())
@@ -29,7 +30,7 @@ fn md5_in(lines: &[String]) -> Option<String> {
 }
 
 /// `len` bytes that do not compress, the same on every run.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -43,20 +44,22 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// Prints a TAP diagnostic at most every 30 s while a transfer runs, so
 /// that a slow one is not taken for a silent (wedged) outer VM.
-struct Progress {
+pub struct Progress {
     what: String,
     last: Instant,
 }
 
 impl Progress {
-    fn new(what: String) -> Self {
+    /// Reports on `what`.
+    pub fn new(what: String) -> Self {
         Self {
             what,
             last: Instant::now(),
         }
     }
 
-    fn at(&mut self, bytes: usize) {
+    /// `bytes` have moved so far.
+    pub fn at(&mut self, bytes: usize) {
         if self.last.elapsed() >= Duration::from_secs(30) {
             self.last = Instant::now();
             crate::diag(&format!("{}: {} MiB so far", self.what, bytes / MIB));
@@ -85,7 +88,7 @@ fn serve(port: u16, data: Vec<u8>) -> Result<HostSide<Duration>, String> {
 }
 
 /// A host-side thread's answer.
-type HostSide<T> = JoinHandle<Result<T, String>>;
+pub type HostSide<T> = JoinHandle<Result<T, String>>;
 
 /// Stores what the first connection on `port` sends into `path`; answers
 /// the byte count and how long it took.
@@ -113,7 +116,8 @@ fn sink(port: u16, path: &Path) -> Result<HostSide<(usize, Duration)>, String> {
     }))
 }
 
-fn joined<T>(h: HostSide<T>) -> Result<T, String> {
+/// The host-side thread's answer, once it ends.
+pub fn joined<T>(h: HostSide<T>) -> Result<T, String> {
     h.join().map_err(|_| "host side panicked".to_string())?
 }
 

@@ -61,6 +61,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::net_scenarios::tap_ping_tcp_multiqueue,
     },
     Scenario {
+        name: "virtio-vsock-host-guest-md5-flat-rss",
+        run: crate::vsock_scenarios::host_guest_md5_flat_rss,
+    },
+    Scenario {
         name: "virtio-mem-resize",
         run: crate::mem_scenarios::resize_anonymous,
     },

@@ -23,6 +23,7 @@ pub mod state;
 #[cfg(test)]
 mod test_util;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt};
@@ -48,6 +49,8 @@ pub mod device_type {
     pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Socket device.
+    pub const VSOCK: u32 = 19;
     /// Memory device.
     pub const MEM: u32 = 24;
 }

@@ -1,7 +1,7 @@
 //! The loop every device runs over a notified queue.
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{Bytes, GuestMemory};
 
 use crate::device::ActiveQueue;
 
@@ -85,6 +85,76 @@ where
         }
     }
     used_any && queue.needs_notification(mem).unwrap_or(true)
+}
+
+/// Why a chain's driver-readable bytes could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadChainError {
+    /// A device-writable descriptor where only readable ones belong.
+    Writable,
+    /// More bytes than the caller takes.
+    TooLong,
+    /// A buffer outside guest memory.
+    NotMemory,
+}
+
+/// Copies the bytes of `chain`, whose descriptors must all be
+/// driver-readable, into `buf` (cleared first; at most `max` bytes).
+pub fn read_chain<M: GuestMemory>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), ReadChainError> {
+    buf.clear();
+    for d in chain {
+        if d.is_write_only() {
+            return Err(ReadChainError::Writable);
+        }
+        let len = d.len() as usize;
+        if len > max - buf.len() {
+            return Err(ReadChainError::TooLong);
+        }
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        mem.read_slice(&mut buf[start..], d.addr())
+            .map_err(|_| ReadChainError::NotMemory)?;
+    }
+    Ok(())
+}
+
+/// Room the device may write in `chain`: `None` when it has a
+/// driver-readable descriptor.
+pub fn writable_room<M: GuestMemory>(chain: &DescriptorChain<&M>) -> Option<u64> {
+    let mut room = 0u64;
+    for d in chain.clone() {
+        if !d.is_write_only() {
+            return None;
+        }
+        room += u64::from(d.len());
+    }
+    Some(room)
+}
+
+/// Writes `data` over the device-writable descriptors of `chain`, in
+/// order; returns how many bytes went in (fewer when the chain is shorter
+/// or a buffer is not guest memory).
+pub fn write_chain<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, data: &[u8]) -> usize {
+    let mut off = 0usize;
+    for d in chain {
+        if off == data.len() {
+            break;
+        }
+        if !d.is_write_only() {
+            continue;
+        }
+        let n = (d.len() as usize).min(data.len() - off);
+        if mem.write_slice(&data[off..off + n], d.addr()).is_err() {
+            break;
+        }
+        off += n;
+    }
+    off
 }
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ pub enum DeviceState {
     Mem(crate::mem::MemSavedState),
     /// virtio-net (its TAP is reopened from the configuration).
     Net(crate::net::NetSavedState),
+    /// virtio-vsock (its connections are not kept: the guest is told its
+    /// transport was reset).
+    Vsock(crate::vsock::VsockSavedState),
 }
 
 /// A virtio device on PCI: configuration space, MSI-X, common

@@ -184,56 +184,12 @@ impl Connections {
     }
 }
 
-/// Makes `path` free for a new socket: a socket left by a Caravel that was
-/// killed (nobody accepts on it) is removed; a live one or any other file is
-/// an error naming the flag.
-fn claim_socket_path(path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::config(
-            "--api-socket",
-            format!(
-                "{} exists and is not a socket; choose another path",
-                path.display()
-            ),
-        ));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(Error::config(
-            "--api-socket",
-            format!(
-                "{} is in use by another process (a running caravel?); stop it or choose another path",
-                path.display()
-            ),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            log::warn!(
-                "--api-socket: removing the stale socket {} (nobody listens on it)",
-                path.display()
-            );
-            std::fs::remove_file(path).map_err(|e| {
-                Error::config(
-                    "--api-socket",
-                    format!("cannot remove the stale socket {}: {e}", path.display()),
-                )
-            })
-        }
-        Err(e) => Err(Error::config(
-            "--api-socket",
-            format!("{} exists and cannot be checked ({e}); remove it or choose another path", path.display()),
-        )),
-    }
-}
-
 impl ApiServer {
     /// Binds `path` and starts serving. An existing socket nobody listens
     /// on (left by a killed Caravel) is replaced; anything else there is an
     /// error.
     pub fn start(path: &Path, shared: Arc<Mutex<ApiShared>>) -> Result<(Self, ApiCommands)> {
-        claim_socket_path(path)?;
+        crate::unix_socket::claim_path("--api-socket", path)?;
         let listener = UnixListener::bind(path).map_err(|e| {
             Error::config(
                 "--api-socket",

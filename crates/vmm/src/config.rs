@@ -26,6 +26,8 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     /// virtio-net devices on host TAPs.
     pub net: Vec<NetConfig>,
+    /// A virtio-vsock device with its host end on Unix sockets.
+    pub vsock: Option<VsockConfig>,
     /// A virtio-rng device.
     pub rng: bool,
     /// Control API socket.
@@ -127,6 +129,23 @@ pub struct DiskConfig {
     /// Read-only to the guest (`VIRTIO_BLK_F_RO`).
     pub readonly: bool,
     /// Serial reported by `VIRTIO_BLK_T_GET_ID` (at most 20 bytes).
+    pub id: Option<String>,
+}
+
+pub use virtio::vsock::valid_guest_cid;
+
+/// `--vsock`: a virtio-vsock device (Cloud Hypervisor's and Firecracker's
+/// hybrid model: host programs connect to `socket` and write
+/// `CONNECT <port>`; guest connections to the host's port P reach
+/// `<socket>_P`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Deserialize)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 to 2^32-2).
+    pub cid: u64,
+    /// The Unix socket Caravel listens on for host connections (created
+    /// at start, removed at exit).
+    pub socket: PathBuf,
+    /// Name in `vm.info` and logs.
     pub id: Option<String>,
 }
 
@@ -293,6 +312,7 @@ impl VmConfig {
             disks: Vec::new(),
             devices: Vec::new(),
             net: Vec::new(),
+            vsock: None,
             rng: false,
             api_socket: None,
             event_monitor: None,

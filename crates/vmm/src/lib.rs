@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod tap;
 #[doc(hidden)]
 pub mod test_support;
+pub mod unix_socket;
 mod vcpu;
 mod vfio_pci;
 mod vm;

@@ -242,6 +242,16 @@ const WORKER_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fallocate,
 ];
 
+/// virtio-vsock's worker: host connections accepted on its socket,
+/// guest connections made to `<socket>_<port>`, its timeout timer.
+const VSOCK_WORKER_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    libc::SYS_timerfd_settime,
+];
+
 /// A virtio worker's ioctls: virtio-mem's KVM memory slots and VFIO DMA,
 /// interrupt routes.
 const WORKER_IOCTLS: &[u64] = &[
@@ -303,8 +313,12 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                     libc::SYS_recvmsg,
                 ],
             );
-            // Disks and virtio-mem memfds, as the workers use them.
+            // Disks and virtio-mem memfds, vsock's sockets and timer, as
+            // the workers use them (a worker started from here inherits
+            // this filter).
             allow(&mut r, WORKER_SYSCALLS);
+            allow(&mut r, VSOCK_WORKER_SYSCALLS);
+            allow(&mut r, &[libc::SYS_timerfd_create]);
             #[cfg(target_arch = "x86_64")]
             allow(
                 &mut r,
@@ -333,6 +347,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
                 ],
             );
             allow(&mut r, WORKER_SYSCALLS);
+            allow(&mut r, VSOCK_WORKER_SYSCALLS);
             let ioctls: Vec<u64> = VCPU_IOCTLS
                 .iter()
                 .chain(VCPU_ARCH_IOCTLS)
@@ -364,6 +379,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
         }
         ThreadKind::VirtioWorker => {
             allow(&mut r, WORKER_SYSCALLS);
+            allow(&mut r, VSOCK_WORKER_SYSCALLS);
             allow_ioctls(&mut r, WORKER_IOCTLS)?;
         }
         ThreadKind::Output => {}

@@ -60,6 +60,8 @@ pub struct Vm {
     disk_locks: Vec<DiskLock>,
     /// Each network card's traffic counters, by device name.
     net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
+    /// The vsock device's listening socket file, removed with the VM.
+    _socket_files: Vec<crate::unix_socket::SocketFile>,
     vm_fd: Arc<VmFd>,
     ram: memory::GuestRam,
 }
@@ -260,6 +262,7 @@ impl Vm {
             ram_slots,
             disk_locks: host_side.disk_locks,
             net_counters: host_side.net_counters,
+            _socket_files: host_side.socket_files,
         })
     }
 

@@ -182,6 +182,8 @@ pub struct VirtioHostSide {
     pub disk_locks: Vec<DiskLock>,
     /// Each network card's traffic counters, by device name.
     pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
+    /// Socket files the devices listen on, removed when dropped.
+    pub socket_files: Vec<crate::unix_socket::SocketFile>,
 }
 
 /// Creates the configured virtio devices on `pci`: disks, console, net, rng.
@@ -244,6 +246,20 @@ pub fn add_virtio_devices(
         net_counters.push((name.clone(), net.counters()));
         pci.add_virtio(&name, Box::new(net), mem.clone())?;
     }
+    let mut socket_files = Vec::new();
+    if let Some(v) = &cfg.vsock {
+        let (listener, file) = crate::unix_socket::listen("--vsock", &v.socket)?;
+        let vsock = virtio::vsock::Vsock::new(v.cid, &v.socket, listener)
+            .map_err(|e| Error::config("--vsock", e))?;
+        socket_files.push(file);
+        log::info!(
+            "virtio-vsock: guest CID {}, host connections on {}",
+            v.cid,
+            v.socket.display()
+        );
+        let name = v.id.clone().unwrap_or_else(|| "virtio-vsock".into());
+        pci.add_virtio(&name, Box::new(vsock), mem.clone())?;
+    }
     if cfg.rng {
         pci.add_virtio(
             "virtio-rng",
@@ -254,5 +270,6 @@ pub fn add_virtio_devices(
     Ok(VirtioHostSide {
         disk_locks: locks,
         net_counters,
+        socket_files,
     })
 }

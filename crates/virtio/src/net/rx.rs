@@ -125,14 +125,7 @@ impl Receiver {
 /// malformed for receiving (a device-readable descriptor, or less room than
 /// the header).
 fn capacity<M: GuestMemory>(chain: &DescriptorChain<&M>) -> Option<u64> {
-    let mut room = 0u64;
-    for d in chain.clone() {
-        if !d.is_write_only() {
-            return None;
-        }
-        room += u64::from(d.len());
-    }
-    (room >= HDR_LEN as u64).then_some(room)
+    crate::queue_util::writable_room(chain).filter(|&room| room >= HDR_LEN as u64)
 }
 
 fn next_chain<'a, M: GuestMemory>(queue: &mut Queue, mem: &'a M) -> Option<DescriptorChain<&'a M>> {

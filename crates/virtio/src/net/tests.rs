@@ -6,85 +6,14 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::rx::{place_frame, Placement, Receiver};
 use super::tx::{gather, BadFrame};
 use super::*;
-
-const WRITE: u16 = 2;
-const NEXT: u16 = 1;
-
-/// A split ring laid out by hand in 1 MiB of test memory, and the driver's
-/// side of it: post chains, read used entries.
-struct Ring {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    size: u16,
-    next_desc: u16,
-}
-
-impl Ring {
-    fn new(base: u64, size: u16) -> Self {
-        Self {
-            desc: base,
-            avail: base + 0x1000,
-            used: base + 0x2000,
-            size,
-            next_desc: 0,
-        }
-    }
-
-    /// Publishes one chain of (address, length, device-writable) buffers.
-    fn post(&mut self, m: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-            let idx = (self.next_desc + i as u16) % self.size;
-            let last = i + 1 == bufs.len();
-            let flags = if w { WRITE } else { 0 } | if last { 0 } else { NEXT };
-            let next = (idx + 1) % self.size;
-            let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-            m.write_obj(d, GuestAddress(self.desc + 16 * u64::from(idx)))
-                .unwrap();
-        }
-        self.next_desc = (self.next_desc + bufs.len() as u16) % self.size;
-        let idx: u16 = m.read_obj(GuestAddress(self.avail + 2)).unwrap();
-        let slot = u64::from(idx % self.size);
-        m.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
-            .unwrap();
-        m.write_obj(idx.wrapping_add(1), GuestAddress(self.avail + 2))
-            .unwrap();
-        head
-    }
-
-    fn used_idx(&self, m: &GuestMemoryMmap) -> u16 {
-        m.read_obj(GuestAddress(self.used + 2)).unwrap()
-    }
-
-    /// Used entry `i`: (head, length).
-    fn used(&self, m: &GuestMemoryMmap, i: u16) -> (u32, u32) {
-        let at = GuestAddress(self.used + 4 + 8 * u64::from(i % self.size));
-        (
-            m.read_obj(at).unwrap(),
-            m.read_obj(at.unchecked_add(4)).unwrap(),
-        )
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(self.size).unwrap();
-        q.set_size(self.size);
-        q.set_desc_table_address(Some(self.desc as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail as u32), Some(0));
-        q.set_used_ring_address(Some(self.used as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-}
+use crate::test_util::Ring;
 
 fn mem() -> GuestMemoryMmap {
     crate::test_util::mem()

@@ -9,7 +9,9 @@
 //! driver, with length 0 as the spec asks of transmit buffers.
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::GuestMemory;
+
+use crate::queue_util::{read_chain, ReadChainError};
 
 use super::{NetCounters, HDR_LEN, MAX_FRAME};
 use crate::net::backend::TapQueue;
@@ -33,20 +35,11 @@ pub(crate) fn gather<M: GuestMemory>(
     mem: &M,
     buf: &mut Vec<u8>,
 ) -> Result<(), BadFrame> {
-    buf.clear();
-    for d in chain {
-        if d.is_write_only() {
-            return Err(BadFrame::Writable);
-        }
-        let len = d.len() as usize;
-        if len > MAX_FRAME - buf.len() {
-            return Err(BadFrame::TooLong);
-        }
-        let start = buf.len();
-        buf.resize(start + len, 0);
-        mem.read_slice(&mut buf[start..], d.addr())
-            .map_err(|_| BadFrame::NotMemory)?;
-    }
+    read_chain(chain, mem, buf, MAX_FRAME).map_err(|e| match e {
+        ReadChainError::Writable => BadFrame::Writable,
+        ReadChainError::TooLong => BadFrame::TooLong,
+        ReadChainError::NotMemory => BadFrame::NotMemory,
+    })?;
     if buf.len() < HDR_LEN {
         return Err(BadFrame::Short);
     }

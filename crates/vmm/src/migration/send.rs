@@ -91,6 +91,15 @@ impl Session {
                     .into(),
             ));
         }
+        if cfg.vsock.is_some() {
+            // The destination binds the same socket path, which the source
+            // holds until it exits.
+            return Err(Error::Migration(
+                "the VM has a virtio-vsock device, which cannot migrate yet (snapshot and \
+                 restore carry it; its connections end)"
+                    .into(),
+            ));
+        }
         if opts.local {
             if !matches!(opts.to, Endpoint::Unix(_)) {
                 return Err(Error::Migration(

@@ -20,7 +20,7 @@ pub use super::memory_file::SavedRegion;
 use super::{memory_file, VmState, ARCH, STATE_VERSION};
 use crate::config::{
     ConsoleConfig, CpusConfig, DiskConfig, LinuxPayload, MemoryConfig, NetConfig, Payload,
-    RawPayload, VmConfig,
+    RawPayload, VmConfig, VsockConfig,
 };
 use crate::vm::Vm;
 use crate::{Error, Result};
@@ -51,6 +51,10 @@ pub struct SavedConfig {
     /// virtio-net devices: their TAPs are reopened by name on restore.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// The virtio-vsock device: its socket is bound again on restore (the
+    /// guest's connections end; it is told its transport was reset).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 impl SavedConfig {
@@ -84,6 +88,7 @@ impl SavedConfig {
                     n
                 })
                 .collect(),
+            vsock: cfg.vsock.clone(),
         }
     }
 
@@ -120,6 +125,7 @@ impl SavedConfig {
         cfg.devices = Vec::new();
         cfg.rng = self.rng;
         cfg.net = self.net.clone();
+        cfg.vsock = self.vsock.clone();
         cfg.console = match (self.console, &host.console) {
             (false, _) => ConsoleConfig::Off,
             (true, ConsoleConfig::Off) => ConsoleConfig::File("/dev/null".into()),
