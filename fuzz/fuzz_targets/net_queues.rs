@@ -4,14 +4,15 @@
 //! the largest frame, and the used rings stay within the chains posted.
 #![no_main]
 
+#[path = "common/rings.rs"]
+mod rings;
+
 use std::io::{Read, Write};
 
 use libfuzzer_sys::fuzz_target;
 use virtio::net::{process_once, SocketTap, HDR_LEN, MAX_FRAME};
-use virtio::ActiveQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM: usize = 0x4_0000;
 const SIZE: u16 = 8;
@@ -28,23 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = mem.write_slice(&body[..fill], GuestAddress(0));
     let ring_bytes = &body[..body.len().min(0x3000)];
     let _ = mem.write_slice(ring_bytes, GuestAddress(0x3_0000));
-    let mut queues: Vec<ActiveQueue> = (0..3u16)
-        .map(|i| {
-            let base = 0x3_0000 + u64::from(i) * 0x1000;
-            let mut q = Queue::new(SIZE).unwrap();
-            q.set_size(SIZE);
-            q.set_desc_table_address(Some(base as u32), Some(0));
-            q.set_avail_ring_address(Some((base + 0x400) as u32), Some(0));
-            q.set_used_ring_address(Some((base + 0x800) as u32), Some(0));
-            q.set_ready(true);
-            q.set_event_idx(head[0] & 1 != 0);
-            ActiveQueue {
-                index: i,
-                queue: q,
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }
-        })
-        .collect();
+    let mut queues = rings::queues(3, SIZE, head[0] & 1 != 0);
     let (tap, mut host) = SocketTap::pair().unwrap();
     host.set_nonblocking(true).unwrap();
     // Up to three frames for the receive path, lengths from the input.

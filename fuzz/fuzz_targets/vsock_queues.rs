@@ -6,6 +6,9 @@
 //! chains posted.
 #![no_main]
 
+#[path = "common/rings.rs"]
+mod rings;
+
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -13,10 +16,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use virtio::vsock::{process_once, Muxer, MAX_CONNECTIONS};
-use virtio::ActiveQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM: usize = 0x4_0000;
 const SIZE: u16 = 8;
@@ -48,23 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let (head, body) = data.split_at(4);
     let _ = mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0));
     let _ = mem.write_slice(&body[..body.len().min(0x3000)], GuestAddress(0x3_0000));
-    let mut queues: Vec<ActiveQueue> = (0..3u16)
-        .map(|i| {
-            let base = 0x3_0000 + u64::from(i) * 0x1000;
-            let mut q = Queue::new(SIZE).unwrap();
-            q.set_size(SIZE);
-            q.set_desc_table_address(Some(base as u32), Some(0));
-            q.set_avail_ring_address(Some((base + 0x400) as u32), Some(0));
-            q.set_used_ring_address(Some((base + 0x800) as u32), Some(0));
-            q.set_ready(true);
-            q.set_event_idx(head[0] & 1 != 0);
-            ActiveQueue {
-                index: i,
-                queue: q,
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            }
-        })
-        .collect();
+    let mut queues = rings::queues(3, SIZE, head[0] & 1 != 0);
     // A host program: a CONNECT line (or garbage) and some data.
     let _client = (head[1] & 1 != 0).then(|| {
         let mut c = UnixStream::connect(path).unwrap();

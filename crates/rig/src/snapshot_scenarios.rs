@@ -46,6 +46,28 @@ fn ping_host(s: &mut Session, when: &str, setup: bool) -> Result<(), String> {
 }
 
 /// The lines that are numbers.
+/// A host program reaches the guest's vsock listener from before the
+/// snapshot: the restored device told the guest its transport was reset
+/// and let packets through once the guest had handled that.
+fn vsock_after_restore(r: &mut Session, socket: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut c = crate::vsock_scenarios::connect(socket, 1300, Duration::from_secs(60))
+        .map_err(|e| format!("vsock after the restore: {e}"))?;
+    c.write_all(b"vsock-after-restore\n")
+        .map_err(|e| e.to_string())?;
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let out = guest_cmd(
+        r,
+        "for i in 1 2 3 4 5; do [ -s /tmp/vsock-after ] && break; sleep 1; done; cat /tmp/vsock-after",
+    )?;
+    if !out.iter().any(|l| l.trim() == "vsock-after-restore") {
+        return Err(format!("vsock after the restore: the guest got {out:?}"));
+    }
+    Ok(())
+}
+
 pub fn numbers(lines: &[String]) -> Vec<u64> {
     lines
         .iter()
@@ -111,6 +133,8 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
         .display()
         .to_string();
     let _ = std::fs::remove_file(&sock2);
+    let vsock = env.tmp.join(format!("rig-{tag}-vsock.sock"));
+    let vsock_opt = format!("cid=3,socket={}", vsock.display());
     let args = start(
         env,
         &sock,
@@ -122,12 +146,20 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
             &format!("file={}", hvc.display()),
             "--net",
             &format!("tap={NET_TAP},ip={NET_HOST},mac={NET_MAC}"),
+            "--vsock",
+            &vsock_opt,
         ],
     );
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", Duration::from_secs(120))?;
     let base = mem_total(&mut s)?;
     ping_host(&mut s, "before the snapshot", true)?;
+    // A vsock listener that must outlive the restore (the transport reset
+    // ends connections, not listeners).
+    guest_cmd(
+        &mut s,
+        "caravel-vsock recv 1300 > /tmp/vsock-after 2>/dev/null &",
+    )?;
     resize_wait(env, &sock, "768M", 60)?;
     check_total(&mut s, base, 512 * MIB, "before the snapshot")?;
     // The workload: a counter in guest memory (replaced by a rename, so a
@@ -253,6 +285,7 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
         ));
     }
     ping_host(&mut r, "after the restore", false)?;
+    vsock_after_restore(&mut r, &vsock)?;
     check_total(&mut r, base, 512 * MIB, "after the restore")?;
     resize_wait(env, &sock2, "1024M", 60)?;
     check_total(&mut r, base, 768 * MIB, "grown after the restore")?;
@@ -265,7 +298,8 @@ fn restore_with(env: &Env, tag: &str, start: StartArgs) -> Result<String, String
         "snapshot {} ms (state {} KiB, memory file {} MiB apparent / {} MiB allocated); \
          restore: API answers Paused {} ms after process start, first guest output {} ms after resume; \
          counter {count_before} -> {count_after} -> {last}, disk and hvc0 continue, clock +{} s over a {} s gap; \
-         resize 1024M and 512M after; virtio-net pings the host from a recreated TAP",
+         resize 1024M and 512M after; virtio-net pings the host from a recreated TAP; \
+         a vsock listener from before the snapshot is reached after the transport reset",
         snapshot_time.as_millis(),
         state_bytes / 1024,
         mem_size / MIB,

@@ -28,7 +28,7 @@ fn port_path(socket: &Path, port: u32) -> PathBuf {
 /// Connects to guest port `port` through Caravel's socket: `CONNECT`,
 /// then the `OK` line. The guest may not listen yet: tried again for
 /// `within`.
-fn connect(socket: &Path, port: u32, within: Duration) -> Result<UnixStream, String> {
+pub fn connect(socket: &Path, port: u32, within: Duration) -> Result<UnixStream, String> {
     let deadline = Instant::now() + within;
     loop {
         let err = match try_connect(socket, port) {

@@ -40,6 +40,17 @@ pub enum ActivateError {
     Start(String),
 }
 
+/// Answers a driver read of `data.len()` bytes at `offset` from a device's
+/// configuration bytes `config`; bytes past its end read as zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(config.len());
+    let end = start.saturating_add(data.len()).min(config.len());
+    data.fill(0);
+    data[..end - start].copy_from_slice(&config[start..end]);
+}
+
 /// What every virtio device provides besides running its queues: identity,
 /// features, configuration space, pause, saved state and reset. Nothing
 /// here touches guest memory.

@@ -103,3 +103,53 @@ impl Ring {
         q
     }
 }
+
+/// Records which queues the device signalled.
+#[derive(Default)]
+pub struct Signals(pub std::sync::Mutex<Vec<u16>>);
+
+impl crate::VirtioInterrupt for Signals {
+    fn notify_queue(&self, index: u16) {
+        self.0.lock().unwrap().push(index);
+    }
+    fn notify_config(&self) {}
+}
+
+/// Activates `dev` over `rings` (queue i on ring i, no event-idx) with
+/// features `acked`; returns the queues' notification eventfds.
+pub fn activate_on_rings<D>(
+    dev: &mut D,
+    m: &GuestMemoryMmap,
+    rings: &[Ring],
+    acked: u64,
+) -> Vec<vmm_sys_util::eventfd::EventFd>
+where
+    D: crate::VirtioDevice<std::sync::Arc<GuestMemoryMmap>>,
+{
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let notify: Vec<EventFd> = rings
+        .iter()
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let queues = rings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut queue = r.queue();
+            queue.set_event_idx(false);
+            crate::ActiveQueue {
+                index: i as u16,
+                queue,
+                notify: notify[i].try_clone().unwrap(),
+            }
+        })
+        .collect();
+    dev.activate(
+        std::sync::Arc::new(m.clone()),
+        std::sync::Arc::new(Signals::default()),
+        queues,
+        acked,
+    )
+    .unwrap();
+    notify
+}

@@ -337,11 +337,7 @@ impl VirtioDeviceCommon for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let o = offset as usize;
-        match self.config.get(o..o + data.len()) {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        crate::device::read_config_bytes(&self.config, offset, data);
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {

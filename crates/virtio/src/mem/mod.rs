@@ -361,11 +361,7 @@ impl VirtioDeviceCommon for Mem {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.shared.lock().config();
-        let o = offset as usize;
-        match c.get(o..o + data.len()) {
-            Some(src) => data.copy_from_slice(src),
-            None => data.fill(0),
-        }
+        crate::device::read_config_bytes(&c, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

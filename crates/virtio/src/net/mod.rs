@@ -277,11 +277,7 @@ impl VirtioDeviceCommon for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        let start = (offset as usize).min(CONFIG_LEN);
-        let end = (start + data.len()).min(CONFIG_LEN);
-        data.fill(0);
-        data[..end - start].copy_from_slice(&c[start..end]);
+        crate::device::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::rx::{place_frame, Placement, Receiver};
 use super::tx::{gather, BadFrame};
@@ -215,14 +215,6 @@ fn receive_offloads_map_to_tap_flags() {
     );
 }
 
-struct Signals(std::sync::Mutex<Vec<u16>>);
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, index: u16) {
-        self.0.lock().unwrap().push(index);
-    }
-    fn notify_config(&self) {}
-}
-
 /// A device with `pairs` socket TAPs, activated over hand-laid rings
 /// (receive and transmit of every pair, then control).
 struct Rig {
@@ -274,30 +266,7 @@ impl Rig {
         let rings: Vec<Ring> = (0..count)
             .map(|i| Ring::new(0x10_0000 + u64::from(i) * 0x1_0000, 16))
             .collect();
-        let notify: Vec<EventFd> = (0..count)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
-        let queues = rings
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let mut queue = r.queue();
-                queue.set_event_idx(false);
-                ActiveQueue {
-                    index: i as u16,
-                    queue,
-                    notify: notify[i].try_clone().unwrap(),
-                }
-            })
-            .collect();
-        VirtioDevice::<Arc<GuestMemoryMmap>>::activate(
-            &mut net,
-            Arc::new(m.clone()),
-            Arc::new(Signals(Default::default())),
-            queues,
-            acked,
-        )
-        .unwrap();
+        let notify = crate::test_util::activate_on_rings(&mut net, &m, &rings, acked);
         Self {
             m,
             rings,

@@ -110,11 +110,7 @@ impl VirtioDeviceCommon for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.guest_cid.to_le_bytes();
-        let start = (offset as usize).min(c.len());
-        let end = (start + data.len()).min(c.len());
-        data.fill(0);
-        data[..end - start].copy_from_slice(&c[start..end]);
+        crate::device::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn pause(&mut self) -> Vec<ActiveQueue> {

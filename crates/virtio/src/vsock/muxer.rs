@@ -231,7 +231,13 @@ impl Muxer {
             devices::warn_ratelimited!("virtio-vsock: too many resets waiting; one dropped");
             return;
         }
-        self.loose_resets.push_back(Header {
+        let rst = self.rst((local, peer));
+        self.loose_resets.push_back(rst);
+    }
+
+    /// An RST for the connection `(local, peer)`.
+    fn rst(&self, (local, peer): Key) -> Header {
+        Header {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
             src_port: local,
@@ -240,7 +246,7 @@ impl Muxer {
             op: op::RST,
             buf_alloc: BUF_ALLOC,
             ..Header::default()
-        });
+        }
     }
 
     /// A guest REQUEST: connects to `<path>_<port>` without blocking.
@@ -373,20 +379,7 @@ impl Muxer {
                 Ok(None) => self.update_interest(key),
                 Err(()) => {
                     self.remove(key);
-                    let (local, peer) = key;
-                    return Some((
-                        Header {
-                            src_cid: HOST_CID,
-                            dst_cid: self.guest_cid,
-                            src_port: local,
-                            dst_port: peer,
-                            kind: TYPE_STREAM,
-                            op: op::RST,
-                            buf_alloc: BUF_ALLOC,
-                            ..Header::default()
-                        },
-                        0,
-                    ));
+                    return Some((self.rst(key), 0));
                 }
             }
         }

@@ -6,11 +6,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::{op, shutdown, TYPE_STREAM};
 use super::*;
@@ -393,14 +392,6 @@ fn an_unanswered_host_connection_times_out() {
 
 // The device over rings.
 
-struct Signals(std::sync::Mutex<Vec<u16>>);
-impl VirtioInterrupt for Signals {
-    fn notify_queue(&self, index: u16) {
-        self.0.lock().unwrap().push(index);
-    }
-    fn notify_config(&self) {}
-}
-
 struct Device {
     m: GuestMemoryMmap,
     rings: Vec<Ring>,
@@ -428,30 +419,8 @@ impl Device {
             rings[0].post(&m, &[(0x20_0000 + i as u64 * 0x1000, 0x1000, true)]);
         }
         rings[2].post(&m, &[(0x30_0000, 8, true)]);
-        let notify: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
-        let queues = rings
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let mut queue = r.queue();
-                queue.set_event_idx(false);
-                ActiveQueue {
-                    index: i as u16,
-                    queue,
-                    notify: notify[i].try_clone().unwrap(),
-                }
-            })
-            .collect();
-        VirtioDevice::<Arc<GuestMemoryMmap>>::activate(
-            &mut dev,
-            Arc::new(m.clone()),
-            Arc::new(Signals(Default::default())),
-            queues,
-            crate::features::VERSION_1,
-        )
-        .unwrap();
+        let notify =
+            crate::test_util::activate_on_rings(&mut dev, &m, &rings, crate::features::VERSION_1);
         Self {
             m,
             rings,
