@@ -88,6 +88,11 @@ fn host_guest_md5_flat_rss_with(
     args: &[String],
 ) -> Result<String, String> {
     let mut s = Session::spawn(&env.bin("caravel"), args)?;
+    let result = checks(env, socket, &mut s);
+    result.map_err(|e| format!("{e}\n{}", s.tail()))
+}
+
+fn checks(env: &Env, socket: &Path, s: &mut Session) -> Result<String, String> {
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     if !socket.exists() {
         return Err(format!("{} was not created", socket.display()));
@@ -99,7 +104,7 @@ fn host_guest_md5_flat_rss_with(
     let want_md5 = crate::scenarios::host_md5(&want)?;
     let _ = std::fs::remove_file(&want);
     guest_cmd_within(
-        &mut s,
+        s,
         "(caravel-vsock recv 1234 | md5sum > /tmp/h2g) 2>/dev/null &",
         BOOT_TIMEOUT,
     )?;
@@ -115,7 +120,7 @@ fn host_guest_md5_flat_rss_with(
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     let h2g = t.elapsed();
-    let got = guest_cmd_within(&mut s, "wait; cat /tmp/h2g", TRANSFER_TIMEOUT)?;
+    let got = guest_cmd_within(s, "wait; cat /tmp/h2g", TRANSFER_TIMEOUT)?;
     if md5_in(&got).as_deref() != Some(want_md5.as_str()) {
         return Err(format!(
             "vsock host -> guest: guest md5 {got:?}, host {want_md5}"
@@ -125,7 +130,7 @@ fn host_guest_md5_flat_rss_with(
     let stored = env.tmp.join("rig-vsock-g2h");
     let sink = sink(&port_path(socket, 5000), &stored)?;
     let sent = guest_cmd_within(
-        &mut s,
+        s,
         "dd if=/dev/urandom of=/tmp/blob bs=1M count=32 2>/dev/null && md5sum /tmp/blob && \
          caravel-vsock send 2 5000 /tmp/blob",
         TRANSFER_TIMEOUT,
@@ -140,7 +145,7 @@ fn host_guest_md5_flat_rss_with(
     }
     // Refusals: nobody at <socket>_5001; nobody on guest port 4321.
     let refused = guest_cmd_within(
-        &mut s,
+        s,
         "caravel-vsock send 2 5001 /tmp/blob; echo refused=$?",
         BOOT_TIMEOUT,
     )?;
@@ -160,7 +165,7 @@ fn host_guest_md5_flat_rss_with(
     // A guest that stops reading: the host program can push only what the
     // guest's socket and the host's buffers hold; Caravel keeps nothing.
     guest_cmd_within(
-        &mut s,
+        s,
         "caravel-vsock hold 1235 60 2>/dev/null & sleep 1",
         BOOT_TIMEOUT,
     )?;
@@ -172,7 +177,7 @@ fn host_guest_md5_flat_rss_with(
     // A host program that stops reading: the guest's sender blocks.
     let l = UnixListener::bind(port_path(socket, 5002)).map_err(|e| e.to_string())?;
     guest_cmd_within(
-        &mut s,
+        s,
         "(caravel-vsock send 2 5002 /tmp/blob 2>/dev/null &) ; sleep 10",
         TRANSFER_TIMEOUT,
     )?;
@@ -193,7 +198,7 @@ fn host_guest_md5_flat_rss_with(
     }
     s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
     s.send("poweroff")?;
-    expect_exit(&mut s, 0)?;
+    expect_exit(s, 0)?;
     if socket.exists() {
         return Err(format!(
             "{} is still there after Caravel exited",

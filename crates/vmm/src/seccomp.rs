@@ -249,6 +249,9 @@ const VSOCK_WORKER_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_socket,
     libc::SYS_connect,
     libc::SYS_shutdown,
+    // std's UnixStream reads with recv(2) (recvfrom); writes are write(2).
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
     libc::SYS_timerfd_settime,
 ];
 

@@ -34,6 +34,41 @@ pub fn kvm_required() -> bool {
     std::env::var("CARAVEL_REQUIRE_KVM").is_ok_and(|v| v == "1")
 }
 
+/// Drives virtio device `id` of `vm` through its common configuration as a
+/// driver would, up to DRIVER_OK: VERSION_1 only, and queue `i` of 16
+/// entries at `rings[i]` = (descriptor table, avail ring, used ring). The
+/// device's worker starts.
+pub fn activate_virtio(vm: &crate::Vm, id: &str, rings: &[(u64, u64, u64)]) {
+    let bar = vm
+        .virtio_bar0(id)
+        .unwrap_or_else(|| panic!("{id} has a BAR"));
+    let bus = vm.mmio_bus();
+    let w8 = |off: u64, v: u8| assert!(bus.write(bar + off, &[v]));
+    let w16 = |off: u64, v: u16| assert!(bus.write(bar + off, &v.to_le_bytes()));
+    let w32 = |off: u64, v: u32| assert!(bus.write(bar + off, &v.to_le_bytes()));
+    let w64 = |off: u64, v: u64| {
+        w32(off, v as u32);
+        w32(off + 4, (v >> 32) as u32);
+    };
+    w8(0x14, 0); // reset
+    w8(0x14, 1); // ACKNOWLEDGE
+    w8(0x14, 3); // DRIVER
+    w32(0x08, 1); // driver_feature_select = 1
+    w32(0x0c, 1); // VIRTIO_F_VERSION_1
+    w32(0x08, 0);
+    w32(0x0c, 0);
+    w8(0x14, 0xb); // FEATURES_OK
+    for (i, &(desc, avail, used)) in rings.iter().enumerate() {
+        w16(0x16, i as u16); // queue_select
+        w16(0x18, 16); // queue_size
+        w64(0x20, desc);
+        w64(0x28, avail);
+        w64(0x30, used);
+        w16(0x1c, 1); // queue_enable
+    }
+    w8(0x14, 0xf); // DRIVER_OK
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use vmm::config::{ConsoleConfig, DiskConfig, HotplugConfig, Payload, RawPayload, VmConfig};
+use vmm::config::{
+    ConsoleConfig, DiskConfig, HotplugConfig, Payload, RawPayload, VmConfig, VsockConfig,
+};
 use vmm::Vm;
 
 const CODE_ADDR: u64 = 0x10_0000;
@@ -38,6 +40,11 @@ fn config(dir: &std::path::Path) -> VmConfig {
         block_size: 2 << 20,
     });
     c.rng = true;
+    c.vsock = Some(VsockConfig {
+        cid: 3,
+        socket: dir.join("v.sock"),
+        id: None,
+    });
     c.console = ConsoleConfig::File(dir.join("hvc0.txt"));
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -49,33 +56,9 @@ fn config(dir: &std::path::Path) -> VmConfig {
     c
 }
 
-/// Drives virtio-rng through its common configuration as a driver would, up
-/// to DRIVER_OK, so that its worker thread runs.
+/// Starts virtio-rng as a driver would, so that its worker thread runs.
 fn activate_rng(vm: &Vm) {
-    let bar = vm.virtio_bar0("virtio-rng").expect("virtio-rng has a BAR");
-    let bus = vm.mmio_bus();
-    let w8 = |off: u64, v: u8| assert!(bus.write(bar + off, &[v]));
-    let w16 = |off: u64, v: u16| assert!(bus.write(bar + off, &v.to_le_bytes()));
-    let w32 = |off: u64, v: u32| assert!(bus.write(bar + off, &v.to_le_bytes()));
-    let w64 = |off: u64, v: u64| {
-        w32(off, v as u32);
-        w32(off + 4, (v >> 32) as u32);
-    };
-    w8(0x14, 0); // reset
-    w8(0x14, 1); // ACKNOWLEDGE
-    w8(0x14, 3); // DRIVER
-    w32(0x08, 1); // driver_feature_select = 1
-    w32(0x0c, 1); // VIRTIO_F_VERSION_1
-    w32(0x08, 0);
-    w32(0x0c, 0);
-    w8(0x14, 0xb); // FEATURES_OK
-    w16(0x16, 0); // queue_select
-    w16(0x18, 16); // queue_size
-    w64(0x20, 0x20_0000); // desc
-    w64(0x28, 0x20_1000); // driver (avail)
-    w64(0x30, 0x20_2000); // device (used)
-    w16(0x1c, 1); // queue_enable
-    w8(0x14, 0xf); // DRIVER_OK
+    vmm::test_support::activate_virtio(vm, "virtio-rng", &[(0x20_0000, 0x20_1000, 0x20_2000)]);
 }
 
 #[test]
@@ -92,6 +75,10 @@ fn dropping_vms_joins_their_threads_and_closes_their_fds() {
     let threads = count("/proc/self/task");
     for round in 0..20 {
         let vm = Vm::new(&cfg, Box::new(std::io::sink()), None, None).unwrap();
+        assert!(
+            dir.join("v.sock").exists(),
+            "round {round}: no vsock socket"
+        );
         activate_rng(&vm);
         // The worker names itself once it runs.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -124,6 +111,10 @@ fn dropping_vms_joins_their_threads_and_closes_their_fds() {
             thread_names()
         );
         assert_eq!(count("/proc/self/fd"), fds, "round {round}: fds left open");
+        assert!(
+            !dir.join("v.sock").exists(),
+            "round {round}: the vsock socket outlived its VM"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

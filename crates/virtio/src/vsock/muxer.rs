@@ -94,7 +94,9 @@ impl Muxer {
     /// `listener` (bound at `path`, non-blocking) and making guest
     /// connections to `<path>_<port>`.
     pub fn new(guest_cid: u64, path: &Path, listener: UnixListener) -> std::io::Result<Self> {
-        listener.set_nonblocking(true)?;
+        // fcntl, not std's set_nonblocking: that is an ioctl (FIONBIO),
+        // which the worker's seccomp filter does not allow.
+        crate::fd_io::set_nonblocking(listener.as_raw_fd())?;
         let epoll = Epoll::new()?;
         let timer = TimerFd::new()?;
         epoll.ctl(
@@ -456,7 +458,7 @@ impl Muxer {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            let ok = stream.set_nonblocking(true).is_ok()
+            let ok = crate::fd_io::set_nonblocking(fd).is_ok()
                 && self
                     .epoll
                     .ctl(
