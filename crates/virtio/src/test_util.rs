@@ -115,8 +115,8 @@ impl crate::VirtioInterrupt for Signals {
     fn notify_config(&self) {}
 }
 
-/// Activates `dev` over `rings` (queue i on ring i, no event-idx) with
-/// features `acked`; returns the queues' notification eventfds.
+/// Activates `dev` over `rings` (queue i on ring i, event-idx as `acked`
+/// says) with features `acked`; returns the queues' notification eventfds.
 pub fn activate_on_rings<D>(
     dev: &mut D,
     m: &GuestMemoryMmap,
@@ -136,7 +136,7 @@ where
         .enumerate()
         .map(|(i, r)| {
             let mut queue = r.queue();
-            queue.set_event_idx(false);
+            queue.set_event_idx(acked & crate::features::RING_EVENT_IDX != 0);
             crate::ActiveQueue {
                 index: i as u16,
                 queue,

@@ -16,11 +16,12 @@ mod unix;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemory};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemory};
 
 pub use connection::BUF_ALLOC;
 pub use muxer::{parse_connect, Muxer, MAX_CONNECTIONS};
@@ -190,9 +191,10 @@ struct Handler {
     muxer: Muxer,
     /// A TRANSPORT_RESET event is owed to the guest.
     reset_pending: bool,
-    /// The event went out; packets wait until the guest has handled it
-    /// (its next event-queue notification).
-    rx_gated: bool,
+    /// The event went out when the driver's event-queue avail index was
+    /// this; packets wait until the driver has published a buffer beyond
+    /// it (Linux refills the event queue once it has handled the event).
+    rx_gated: Option<u16>,
     /// Header and data of a packet either way.
     buf: Vec<u8>,
 }
@@ -202,7 +204,7 @@ impl Handler {
         Self {
             muxer,
             reset_pending,
-            rx_gated: false,
+            rx_gated: None,
             buf: Vec::with_capacity(HDR_LEN + MAX_PKT),
         }
     }
@@ -210,7 +212,7 @@ impl Handler {
     /// Places packets for the guest into the receive queue while it has
     /// buffers; returns whether the driver needs an interrupt.
     fn deliver<M: GuestMemory>(&mut self, queues: &mut [ActiveQueue], mem: &M) -> bool {
-        if self.reset_pending || self.rx_gated {
+        if self.reset_pending || !self.reset_handled(queues, mem) {
             return false;
         }
         let Some(q) = queues.iter_mut().find(|q| q.index == RX) else {
@@ -299,16 +301,45 @@ impl Handler {
             .on_guest_packet(&hdr, &self.buf[HDR_LEN..HDR_LEN + len]);
     }
 
+    /// Whether the guest has handled the TRANSPORT_RESET event: it has
+    /// published an event buffer since (the gate lifts for good).
+    fn reset_handled<M: GuestMemory>(&mut self, queues: &[ActiveQueue], mem: &M) -> bool {
+        let Some(at) = self.rx_gated else {
+            return true;
+        };
+        let now = queues
+            .iter()
+            .find(|q| q.index == EVENT)
+            .and_then(|q| q.queue.avail_idx(mem, Ordering::Acquire).ok());
+        if now.is_some_and(|idx| idx.0 != at) {
+            self.rx_gated = None;
+        }
+        self.rx_gated.is_none()
+    }
+
     /// Sends the TRANSPORT_RESET event if the driver posted a buffer for
-    /// it; returns whether it went out.
-    fn send_reset<M: GuestMemory>(q: &mut Queue, mem: &M) -> bool {
+    /// it; returns the event queue's avail index then (what the driver's
+    /// refill will move past).
+    fn send_reset<M: GuestMemory>(q: &mut Queue, mem: &M) -> Option<u16> {
         let Some(chain) = next_chain(q, mem) else {
             let _ = q.enable_notification(mem);
-            return false;
+            return None;
         };
         let head = chain.head_index();
         let wrote = write_chain(chain, mem, &TRANSPORT_RESET.to_le_bytes());
-        q.add_used(mem, head, wrote as u32).is_ok() && wrote == 4
+        if q.add_used(mem, head, wrote as u32).is_err() || wrote != 4 {
+            return None;
+        }
+        let avail = q.avail_idx(mem, Ordering::Acquire).ok()?.0;
+        // The driver posted several event buffers: with event-idx it would
+        // not notify for the refill unless asked to at its current index
+        // (enable_notification asks at our next entry, already published).
+        let _ = q.enable_notification(mem);
+        if q.event_idx_enabled() {
+            let avail_event = q.used_ring() + 4 + 8 * u64::from(q.size());
+            let _ = mem.write_obj(avail, vm_memory::GuestAddress(avail_event));
+        }
+        Some(avail)
     }
 
     /// Has the worker come back for the receive queue.
@@ -358,19 +389,20 @@ impl QueueHandler for Handler {
                     return false;
                 };
                 if self.reset_pending {
-                    if Self::send_reset(&mut q.queue, mem) {
-                        self.reset_pending = false;
-                        self.rx_gated = true;
-                        let _ = q.queue.enable_notification(mem);
-                        return q.queue.needs_notification(mem).unwrap_or(true);
-                    }
-                    return false;
+                    return match Self::send_reset(&mut q.queue, mem) {
+                        Some(avail) => {
+                            self.reset_pending = false;
+                            self.rx_gated = Some(avail);
+                            // Always interrupt: the guest must see it.
+                            true
+                        }
+                        None => false,
+                    };
                 }
                 let _ = q.queue.enable_notification(mem);
-                if self.rx_gated {
-                    // The driver refilled the event queue: it has handled
-                    // the reset.
-                    self.rx_gated = false;
+                if self.rx_gated.is_some() && self.reset_handled(queues, mem) {
+                    // The driver refilled the event queue: packets held
+                    // back go out now.
                     Self::kick_rx(queues);
                 }
                 false

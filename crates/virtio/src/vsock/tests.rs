@@ -401,9 +401,9 @@ struct Device {
 }
 
 impl Device {
-    /// A device whose guest posted `rx` receive buffers and one event
-    /// buffer; `restored` as after a snapshot restore.
-    fn new(rx: usize, restored: bool) -> Self {
+    /// A device whose guest posted `rx` receive buffers and `events` event
+    /// buffers; `restored` as after a snapshot restore.
+    fn new(rx: usize, events: usize, restored: bool, acked: u64) -> Self {
         let m = crate::test_util::mem_of(0x40_0000);
         let host = Host::new();
         let listener = UnixListener::bind(host.dir.join("dev.sock")).unwrap();
@@ -418,9 +418,10 @@ impl Device {
         for i in 0..rx {
             rings[0].post(&m, &[(0x20_0000 + i as u64 * 0x1000, 0x1000, true)]);
         }
-        rings[2].post(&m, &[(0x30_0000, 8, true)]);
-        let notify =
-            crate::test_util::activate_on_rings(&mut dev, &m, &rings, crate::features::VERSION_1);
+        for i in 0..events {
+            rings[2].post(&m, &[(0x30_0000 + 8 * i as u64, 8, true)]);
+        }
+        let notify = crate::test_util::activate_on_rings(&mut dev, &m, &rings, acked);
         Self {
             m,
             rings,
@@ -452,7 +453,7 @@ impl Device {
 
 #[test]
 fn a_host_connect_becomes_a_request_in_the_receive_queue() {
-    let d = Device::new(4, false);
+    let d = Device::new(4, 1, false, crate::features::VERSION_1);
     let mut s = UnixStream::connect(d.host.dir.join("dev.sock")).unwrap();
     s.write_all(b"CONNECT 77\n").unwrap();
     assert!(d.used_within(0, 1, Duration::from_secs(2)), "no REQUEST");
@@ -466,7 +467,7 @@ fn a_host_connect_becomes_a_request_in_the_receive_queue() {
 
 #[test]
 fn a_restored_device_resets_the_transport_and_holds_packets_until_the_guest_acks() {
-    let mut d = Device::new(4, true);
+    let mut d = Device::new(4, 1, true, crate::features::VERSION_1);
     assert!(
         d.used_within(2, 1, Duration::from_secs(2)),
         "no TRANSPORT_RESET event"
@@ -493,6 +494,38 @@ fn a_restored_device_resets_the_transport_and_holds_packets_until_the_guest_acks
     d.dev.reset();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(s.read(&mut [0u8; 4]).unwrap(), 0);
+}
+
+#[test]
+fn with_event_idx_the_refill_is_noticed_without_a_notification() {
+    use crate::features::{RING_EVENT_IDX, VERSION_1};
+    // Linux posts 8 event buffers and, with event-idx, notifies a refill
+    // only when the device asked for it at the driver's avail index.
+    let d = Device::new(4, 8, true, VERSION_1 | RING_EVENT_IDX);
+    assert!(
+        d.used_within(2, 1, Duration::from_secs(2)),
+        "no TRANSPORT_RESET event"
+    );
+    let ring = &d.rings[2];
+    let avail_event: u16 =
+        d.m.read_obj(GuestAddress(ring.used + 4 + 8 * u64::from(ring.size)))
+            .unwrap();
+    assert_eq!(
+        avail_event, 8,
+        "the device did not ask for the refill's notification"
+    );
+    // The refill, published without a notification (as if it raced):
+    // the next host packet checks for it and goes out.
+    let mut rings = d.rings;
+    rings[2].post(&d.m, &[(0x30_0000, 8, true)]);
+    let d = Device { rings, ..d };
+    let mut s = UnixStream::connect(d.host.dir.join("dev.sock")).unwrap();
+    s.write_all(b"CONNECT 78\n").unwrap();
+    assert!(
+        d.used_within(0, 1, Duration::from_secs(2)),
+        "the REQUEST was held back"
+    );
+    assert_eq!(d.rx_header(0).op, op::REQUEST);
 }
 
 #[test]
