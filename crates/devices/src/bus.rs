@@ -1,6 +1,7 @@
 //! Address-range dispatch for port I/O and MMIO exits.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a [`Bus`]. `offset` is relative to the base it was inserted at.
@@ -35,10 +36,79 @@ pub enum BusError {
 /// A shared device handle.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
-#[derive(Clone)]
 struct Entry {
     len: u64,
     device: SharedDevice,
+    /// Accesses dispatched to it (exits, on a vCPU's bus).
+    accesses: Arc<AtomicU64>,
+}
+
+/// Most addresses nobody claims that are counted one by one; accesses to
+/// others are counted together.
+const UNCLAIMED_TRACKED: usize = 32;
+
+#[derive(Default)]
+struct CountsInner {
+    /// Each range's base: its length and access count.
+    ranges: BTreeMap<u64, (u64, Arc<AtomicU64>)>,
+    /// Accesses nobody claimed, by address.
+    unclaimed: BTreeMap<u64, u64>,
+    /// Unclaimed accesses beyond [`UNCLAIMED_TRACKED`] addresses.
+    unclaimed_other: u64,
+}
+
+/// How often each range of a [`Bus`] was accessed, and which addresses
+/// nobody claims: readable without the bus (it holds no device).
+#[derive(Clone, Default)]
+pub struct BusCounts(Arc<RwLock<CountsInner>>);
+
+impl std::fmt::Debug for BusCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.snapshot()).finish()
+    }
+}
+
+impl BusCounts {
+    /// `(name, count)` per range accessed at least once (`"0x3f8+8"`) and
+    /// per unclaimed address (`"unclaimed 0x80"`, `"unclaimed other"`),
+    /// in address order.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let c = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, u64)> = c
+            .ranges
+            .iter()
+            .map(|(base, (len, n))| (format!("{base:#x}+{len:#x}"), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.extend(
+            c.unclaimed
+                .iter()
+                .map(|(addr, n)| (format!("unclaimed {addr:#x}"), *n)),
+        );
+        if c.unclaimed_other > 0 {
+            out.push(("unclaimed other".into(), c.unclaimed_other));
+        }
+        out
+    }
+
+    fn unclaimed(&self, addr: u64) {
+        let mut c = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.unclaimed.get_mut(&addr) {
+            *n += 1;
+        } else if c.unclaimed.len() < UNCLAIMED_TRACKED {
+            c.unclaimed.insert(addr, 1);
+        } else {
+            c.unclaimed_other += 1;
+        }
+    }
+
+    fn set(&self, base: u64, range: Option<(u64, Arc<AtomicU64>)>) {
+        let mut c = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match range {
+            Some(r) => c.ranges.insert(base, r),
+            None => c.ranges.remove(&base),
+        };
+    }
 }
 
 /// Maps non-overlapping ranges to devices. Lookups take a read lock, so vCPU
@@ -46,6 +116,7 @@ struct Entry {
 #[derive(Default)]
 pub struct Bus {
     ranges: RwLock<BTreeMap<u64, Entry>>,
+    counts: BusCounts,
 }
 
 impl std::fmt::Debug for Bus {
@@ -77,14 +148,30 @@ impl Bus {
         if overlaps_prev || overlaps_next {
             return Err(BusError::Overlap { base, len });
         }
-        r.insert(base, Entry { len, device });
+        let accesses = Arc::new(AtomicU64::new(0));
+        self.counts.set(base, Some((len, accesses.clone())));
+        r.insert(
+            base,
+            Entry {
+                len,
+                device,
+                accesses,
+            },
+        );
         Ok(())
     }
 
     /// Removes the device inserted at exactly `base`, returning it.
     pub fn remove(&self, base: u64) -> Option<SharedDevice> {
         let mut r = self.ranges.write().unwrap_or_else(|e| e.into_inner());
-        r.remove(&base).map(|e| e.device)
+        let e = r.remove(&base)?;
+        self.counts.set(base, None);
+        Some(e.device)
+    }
+
+    /// The bus's access counts (shared: they follow later accesses).
+    pub fn counts(&self) -> BusCounts {
+        self.counts.clone()
     }
 
     /// Moves the device at `old_base` to `new_base` (a guest reprogrammed a BAR).
@@ -111,6 +198,9 @@ impl Bus {
                 len,
             });
         }
+        self.counts.set(old_base, None);
+        self.counts
+            .set(new_base, Some((entry.len, entry.accesses.clone())));
         r.insert(new_base, entry);
         Ok(())
     }
@@ -120,7 +210,10 @@ impl Bus {
         let (base, e) = r.range(..=addr).next_back()?;
         let end = base + e.len;
         let access_end = addr.checked_add(size as u64)?;
-        (access_end <= end).then(|| (addr - base, e.device.clone()))
+        (access_end <= end).then(|| {
+            e.accesses.fetch_add(1, Ordering::Relaxed);
+            (addr - base, e.device.clone())
+        })
     }
 
     /// Dispatches a read; returns false (and fills `data` with 0xff) when no
@@ -134,6 +227,7 @@ impl Bus {
                 true
             }
             None => {
+                self.counts.unclaimed(addr);
                 data.fill(0xff);
                 false
             }
@@ -149,7 +243,10 @@ impl Bus {
                     .write(offset, data);
                 true
             }
-            None => false,
+            None => {
+                self.counts.unclaimed(addr);
+                false
+            }
         }
     }
 }
@@ -182,6 +279,46 @@ mod tests {
         assert_eq!(d, [4, 4]);
         assert!(bus.write(0x10f, &[9]));
         assert_eq!(dev.lock().unwrap().writes, vec![(0xf, vec![9])]);
+    }
+
+    #[test]
+    fn accesses_are_counted_by_range_and_unclaimed_address() {
+        let bus = Bus::new();
+        let counts = bus.counts();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3f8, 8)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0xcf8, 8)
+            .unwrap();
+        let mut d = [0u8; 1];
+        for _ in 0..3 {
+            bus.write(0x3f8, &[1]);
+        }
+        bus.read(0x3fd, &mut d);
+        bus.read(0x80, &mut d);
+        bus.write(0x80, &[0]);
+        for port in 0x1000..0x1000 + UNCLAIMED_TRACKED as u64 + 5 {
+            bus.read(port, &mut d);
+        }
+        let snap = counts.snapshot();
+        assert_eq!(snap[0], ("0x3f8+0x8".to_string(), 4));
+        assert!(
+            !snap.iter().any(|(n, _)| n.starts_with("0xcf8")),
+            "never accessed"
+        );
+        assert!(snap.contains(&("unclaimed 0x80".to_string(), 2)));
+        // 31 more addresses tracked one by one, the rest together.
+        assert!(
+            snap.contains(&("unclaimed other".to_string(), 6)),
+            "{snap:?}"
+        );
+        // A moved range keeps its count under its new base; a removed one goes.
+        bus.relocate(0x3f8, 0x2f8).unwrap();
+        assert_eq!(counts.snapshot()[0], ("0x2f8+0x8".to_string(), 4));
+        bus.remove(0x2f8);
+        assert!(!counts
+            .snapshot()
+            .iter()
+            .any(|(n, _)| n.starts_with("0x2f8")));
     }
 
     #[test]

@@ -57,6 +57,15 @@ impl ControlSocket {
         };
         c.kvm_counters(EXIT_STATS)
     }
+
+    /// Caravel's port I/O accesses (exits) by device range and unclaimed
+    /// port; nothing for QEMU.
+    fn pio_by_range(&self) -> Result<Vec<(String, u64)>, String> {
+        match self {
+            Self::Caravel(p) => Control::Caravel(p.clone()).counter_group("pio"),
+            Self::Qmp(_) => Ok(Vec::new()),
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -67,6 +76,8 @@ struct Sample {
     exit: f64,
     rss_kib: u64,
     exits: Vec<u64>,
+    /// Caravel: port I/O exits to the marker by device range.
+    pio: Vec<(String, u64)>,
 }
 
 fn guest_cmdline() -> String {
@@ -164,6 +175,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         .control
         .kvm_exits()
         .map_err(|e| format!("{}: KVM exit counters: {e}", c.name))?;
+    let pio = c.control.pio_by_range().unwrap_or_default();
     let (status, exit) = s.wait(TIMEOUT)?;
     if !status.success() {
         return Err(format!("{} exited with {status}\n{}", c.name, s.tail()));
@@ -175,6 +187,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         exit: exit.as_secs_f64(),
         rss_kib,
         exits,
+        pio,
     })
 }
 
@@ -243,6 +256,23 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             med(s, &|x| x.exit),
             med(s, &|x| x.rss_kib as f64) / 1024.0,
             exits.join(" / ")
+        );
+    }
+    // Where Caravel's port I/O exits go (the last boot of each contender).
+    for (c, r) in contenders.iter().zip(&results) {
+        let Some(last) = r.as_ref().and_then(|s| s.last()) else {
+            continue;
+        };
+        if last.pio.is_empty() {
+            continue;
+        }
+        let total: u64 = last.pio.iter().map(|(_, n)| n).sum();
+        let ranges: Vec<String> = last.pio.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("{prefix}");
+        println!(
+            "{prefix}{} port I/O to the marker ({total}, last boot): {}",
+            c.name,
+            ranges.join(", ")
         );
     }
     Ok(())

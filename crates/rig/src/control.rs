@@ -106,6 +106,30 @@ impl Control {
     /// KVM's vCPU statistics `names`, summed over vCPUs, as the VMM reads
     /// them from its KVM stats fds: Caravel `GET vm.counters`, QEMU QMP
     /// `query-stats` (provider kvm, target vcpu).
+    /// Caravel's `vm.counters` group `group` (e.g. `pio`), as listed;
+    /// nothing for QEMU.
+    pub fn counter_group(&mut self, group: &str) -> Result<Vec<(String, u64)>, String> {
+        let Self::Caravel(sock) = self else {
+            return Ok(Vec::new());
+        };
+        let r = api::client::request(
+            Path::new(sock),
+            Method::Get,
+            "/api/v1/vm.counters",
+            None,
+            TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body.unwrap_or_default())
+            .map_err(|e| format!("vm.counters: {e}"))?;
+        Ok(v[group]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+            .collect())
+    }
+
     pub fn kvm_counters(&mut self, names: &[&str]) -> Result<Vec<u64>, String> {
         match self {
             Self::Caravel(sock) => {

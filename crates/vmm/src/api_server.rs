@@ -50,6 +50,9 @@ pub struct ApiShared {
     pub memory_device: Option<virtio::mem::MemHandle>,
     /// The running VM's KVM statistics (`vm.counters`).
     pub kvm_stats: Option<Arc<crate::kvm_stats::KvmStats>>,
+    /// The running VM's port I/O and MMIO access counts by device range
+    /// (`vm.counters` groups `pio` and `mmio`).
+    pub bus_counts: Option<(devices::bus::BusCounts, devices::bus::BusCounts)>,
     /// Console output dropped because the host did not read (`vm.counters`).
     pub output_dropped: Option<OutputDropped>,
     /// The current or last live migration.
@@ -460,17 +463,29 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         "vm.counters" => {
             // Cloud Hypervisor's shape: {group: {counter: value}}; the group
             // here is "kvm", KVM's vCPU statistics summed over vCPUs.
-            let (stats, dropped, nets) = {
+            let (stats, dropped, nets, buses) = {
                 let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
                 (
                     s.kvm_stats.clone(),
                     s.output_dropped.clone(),
                     s.net_counters.clone(),
+                    s.bus_counts.clone(),
                 )
             };
             let mut counters = api::types::VmCounters::new();
             if let Some(s) = stats {
                 counters.insert("kvm".into(), s.sum());
+            }
+            // Accesses by device range and unclaimed address: on a vCPU's
+            // buses each one is a KVM exit.
+            for (group, bus) in buses
+                .iter()
+                .flat_map(|(pio, mmio)| [("pio", pio), ("mmio", mmio)])
+            {
+                let snap = bus.snapshot();
+                if !snap.is_empty() {
+                    counters.insert(group.into(), snap.into_iter().collect());
+                }
             }
             if let Some(d) = dropped {
                 let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -586,6 +601,7 @@ mod tests {
             boot_size: 256 << 20,
             memory_device: None,
             kvm_stats: None,
+            bus_counts: None,
             output_dropped: None,
             migration: None,
             net_counters: Vec::new(),
@@ -628,6 +644,34 @@ mod tests {
         assert_eq!(call(&path, Method::Get, "/other").status, 404);
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
+    }
+
+    #[test]
+    fn counters_carry_bus_accesses_by_range() {
+        struct Nop;
+        impl devices::bus::BusDevice for Nop {
+            fn read(&mut self, _: u64, data: &mut [u8]) {
+                data.fill(0);
+            }
+            fn write(&mut self, _: u64, _: &[u8]) {}
+        }
+        let path = socket("counters");
+        let sh = shared();
+        let (pio, mmio) = (devices::bus::Bus::new(), devices::bus::Bus::new());
+        pio.insert(Arc::new(Mutex::new(Nop)), 0x3f8, 8).unwrap();
+        pio.write(0x3f8, b"x");
+        pio.write(0x3f8, b"y");
+        pio.write(0x80, &[0]);
+        sh.lock().unwrap().bus_counts = Some((pio.counts(), mmio.counts()));
+        let (_server, _cmds) = ApiServer::start(&path, sh).unwrap();
+        let r = call(&path, Method::Get, "/api/v1/vm.counters");
+        let v: serde_json::Value = serde_json::from_slice(&r.body.unwrap()).unwrap();
+        assert_eq!(v["pio"]["0x3f8+0x8"], 2, "{v}");
+        assert_eq!(v["pio"]["unclaimed 0x80"], 1, "{v}");
+        assert!(
+            v.get("mmio").is_none(),
+            "an untouched bus has no group: {v}"
+        );
     }
 
     #[test]

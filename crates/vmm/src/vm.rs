@@ -291,6 +291,11 @@ impl Vm {
         self.kvm_stats.clone()
     }
 
+    /// Port I/O and MMIO access counts by device range (`vm.counters`).
+    pub fn bus_counts(&self) -> (devices::bus::BusCounts, devices::bus::BusCounts) {
+        (self.pio.counts(), self.mmio.counts())
+    }
+
     /// Each network card's traffic counters, by device name (`vm.counters`).
     pub fn net_counters(&self) -> Vec<(String, Arc<virtio::net::NetCounters>)> {
         self.net_counters.clone()

@@ -186,6 +186,7 @@ impl Vmm {
             boot_size: self.config.memory.size,
             memory_device: None,
             kvm_stats: None,
+            bus_counts: None,
             output_dropped: None,
             migration: None,
             net_counters: Vec::new(),
@@ -297,6 +298,7 @@ impl Vmm {
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
                 s.kvm_stats = Some(vm.kvm_stats());
+                s.bus_counts = Some(vm.bus_counts());
                 s.net_counters = vm.net_counters();
             }
             emit(
@@ -314,6 +316,7 @@ impl Vmm {
                 s.state = VmState::Created;
                 s.memory_device = None;
                 s.kvm_stats = None;
+                s.bus_counts = None;
                 s.net_counters.clear();
             }
             match reason {
