@@ -75,6 +75,8 @@ struct Sample {
     uptime: f64,
     exit: f64,
     rss_kib: u64,
+    /// Of which anonymous.
+    anon_kib: u64,
     exits: Vec<u64>,
     /// Caravel: port I/O exits to the marker by device range.
     pio: Vec<(String, u64)>,
@@ -127,10 +129,17 @@ fn contenders(env: &Env, vcpus: u32) -> Vec<Contender> {
 
 /// RSS of `pid` in KiB, leaving out mappings large enough to be guest RAM.
 fn rss_without_guest(pid: u32) -> u64 {
+    rss_and_anon_without_guest(pid).0
+}
+
+/// (RSS, of which anonymous) of `pid` in KiB, leaving out mappings large
+/// enough to be guest RAM.
+fn rss_and_anon_without_guest(pid: u32) -> (u64, u64) {
     let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return 0;
+        return (0, 0);
     };
     let mut total = 0;
+    let mut anon = 0;
     let mut current_size = 0;
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
@@ -141,10 +150,13 @@ fn rss_without_guest(pid: u32) -> u64 {
             Some("Rss:") if current_size < GUEST_RAM_MAPPING_MIN => {
                 total += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
             }
+            Some("Anonymous:") if current_size < GUEST_RAM_MAPPING_MIN => {
+                anon += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            }
             _ => {}
         }
     }
-    total
+    (total, anon)
 }
 
 fn first_run_secs(path: &str) -> Option<f64> {
@@ -170,7 +182,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         .find_map(|w| w.strip_prefix("uptime="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
-    let rss_kib = rss_without_guest(s.pid());
+    let (rss_kib, anon_kib) = rss_and_anon_without_guest(s.pid());
     let exits = c
         .control
         .kvm_exits()
@@ -186,6 +198,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         uptime,
         exit: exit.as_secs_f64(),
         rss_kib,
+        anon_kib,
         exits,
         pio,
     })
@@ -226,7 +239,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
     println!("{prefix}Median of {runs} boots after one warm-up, {vcpus} vCPUs, {GUEST_MEM} guest RAM, same kernel and initramfs:");
     println!("{prefix}");
     println!(
-        "{prefix}| VMM | start -> first KVM_RUN | start -> marker | vs first row | guest uptime at marker | start -> exit | RSS without guest RAM | KVM exits to marker: {} |",
+        "{prefix}| VMM | start -> first KVM_RUN | start -> marker | vs first row | guest uptime at marker | start -> exit | RSS without guest RAM (anonymous) | KVM exits to marker: {} |",
         EXIT_STATS.join(" / ")
     );
     println!("{prefix}| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -243,7 +256,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             })
             .collect();
         println!(
-            "{prefix}| {} | {} | {:.3} s | {:.2}x | {:.2} s | {:.3} s | {:.1} MiB | {} |",
+            "{prefix}| {} | {} | {:.3} s | {:.2}x | {:.2} s | {:.3} s | {:.1} MiB ({:.2}) | {} |",
             c.name,
             if first.is_nan() {
                 "–".to_string()
@@ -255,6 +268,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             med(s, &|x| x.uptime),
             med(s, &|x| x.exit),
             med(s, &|x| x.rss_kib as f64) / 1024.0,
+            med(s, &|x| x.anon_kib as f64) / 1024.0,
             exits.join(" / ")
         );
     }
