@@ -18,6 +18,19 @@ pub enum Control {
     Qmp(BufReader<UnixStream>),
 }
 
+/// Caravel's `GET vm.counters` on the API socket `sock`.
+fn caravel_counters(sock: &str) -> Result<serde_json::Value, String> {
+    let r = api::client::request(
+        Path::new(sock),
+        Method::Get,
+        "/api/v1/vm.counters",
+        None,
+        TIMEOUT,
+    )
+    .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&r.body.unwrap_or_default()).map_err(|e| format!("vm.counters: {e}"))
+}
+
 impl Control {
     /// Connects to QEMU's QMP socket (retrying while QEMU starts).
     pub fn qmp_connect(path: &str) -> Result<Self, String> {
@@ -103,25 +116,13 @@ impl Control {
 }
 
 impl Control {
-    /// KVM's vCPU statistics `names`, summed over vCPUs, as the VMM reads
-    /// them from its KVM stats fds: Caravel `GET vm.counters`, QEMU QMP
-    /// `query-stats` (provider kvm, target vcpu).
     /// Caravel's `vm.counters` group `group` (e.g. `pio`), as listed;
     /// nothing for QEMU.
     pub fn counter_group(&mut self, group: &str) -> Result<Vec<(String, u64)>, String> {
         let Self::Caravel(sock) = self else {
             return Ok(Vec::new());
         };
-        let r = api::client::request(
-            Path::new(sock),
-            Method::Get,
-            "/api/v1/vm.counters",
-            None,
-            TIMEOUT,
-        )
-        .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = serde_json::from_slice(&r.body.unwrap_or_default())
-            .map_err(|e| format!("vm.counters: {e}"))?;
+        let v = caravel_counters(sock)?;
         Ok(v[group]
             .as_object()
             .into_iter()
@@ -130,19 +131,13 @@ impl Control {
             .collect())
     }
 
+    /// KVM's vCPU statistics `names`, summed over vCPUs, as the VMM reads
+    /// them from its KVM stats fds: Caravel `GET vm.counters`, QEMU QMP
+    /// `query-stats` (provider kvm, target vcpu).
     pub fn kvm_counters(&mut self, names: &[&str]) -> Result<Vec<u64>, String> {
         match self {
             Self::Caravel(sock) => {
-                let r = api::client::request(
-                    Path::new(sock),
-                    Method::Get,
-                    "/api/v1/vm.counters",
-                    None,
-                    TIMEOUT,
-                )
-                .map_err(|e| e.to_string())?;
-                let v: serde_json::Value = serde_json::from_slice(&r.body.unwrap_or_default())
-                    .map_err(|e| format!("vm.counters: {e}"))?;
+                let v = caravel_counters(sock)?;
                 Ok(names
                     .iter()
                     .map(|n| v["kvm"][*n].as_u64().unwrap_or(0))
