@@ -87,6 +87,22 @@ where
     used_any && queue.needs_notification(mem).unwrap_or(true)
 }
 
+/// The next available chain of `queue`, if any; a broken avail ring is
+/// logged (rate-limited, prefixed with `what`) and reads as none.
+pub fn next_chain<'a, M: GuestMemory>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'a M,
+    what: &str,
+) -> Option<DescriptorChain<&'a M>> {
+    match queue.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => {
+            devices::warn_ratelimited!("{what}: {e}");
+            None
+        }
+    }
+}
+
 /// Why a chain's driver-readable bytes could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadChainError {

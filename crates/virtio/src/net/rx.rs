@@ -10,11 +10,12 @@
 //! smaller than the header) are returned empty; a frame larger than a chain
 //! without mergeable buffers is dropped. Everything is counted.
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 
 use super::{NetCounters, HDR_LEN, MAX_FRAME};
 use crate::net::backend::TapQueue;
+use crate::queue_util::next_chain;
 
 /// Frames handled per wake-up before other work (transmit) gets a turn.
 const BUDGET: usize = 128;
@@ -128,16 +129,6 @@ fn capacity<M: GuestMemory>(chain: &DescriptorChain<&M>) -> Option<u64> {
     crate::queue_util::writable_room(chain).filter(|&room| room >= HDR_LEN as u64)
 }
 
-fn next_chain<'a, M: GuestMemory>(queue: &mut Queue, mem: &'a M) -> Option<DescriptorChain<&'a M>> {
-    match queue.iter(mem) {
-        Ok(mut it) => it.next(),
-        Err(e) => {
-            devices::warn_ratelimited!("virtio-net: receive queue: {e}");
-            None
-        }
-    }
-}
-
 /// Places `frame` (header first) into the driver's receive buffers; see
 /// [`Placement`]. Writes `num_buffers` into the frame's header.
 pub(crate) fn place_frame<M: GuestMemory>(
@@ -154,7 +145,7 @@ pub(crate) fn place_frame<M: GuestMemory>(
     let mut chains = Vec::new();
     let mut room = 0u64;
     while room < frame.len() as u64 {
-        let Some(chain) = next_chain(queue, mem) else {
+        let Some(chain) = next_chain(queue, mem, "virtio-net: receive queue") else {
             queue.set_next_avail(start);
             return Placement::NoBuffers;
         };

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemory};
 
 pub use connection::BUF_ALLOC;
@@ -30,7 +30,7 @@ pub use packet::{Header, HDR_LEN, HOST_CID};
 use crate::device::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioDeviceCommon, VirtioInterrupt,
 };
-use crate::queue_util::{drain, read_chain, writable_room, write_chain};
+use crate::queue_util::{drain, next_chain, read_chain, writable_room, write_chain};
 use crate::state::DeviceState;
 use crate::worker::{QueueHandler, Worker};
 use crate::{device_type, features as common};
@@ -226,7 +226,7 @@ impl Handler {
                 break;
             }
             let start = queue.next_avail();
-            let Some(chain) = next_chain(queue, mem) else {
+            let Some(chain) = next_chain(queue, mem, "virtio-vsock: receive queue") else {
                 // Listen for new buffers; if some arrived meanwhile, go on.
                 match queue.enable_notification(mem) {
                     Ok(true) if !stalled => {
@@ -321,7 +321,7 @@ impl Handler {
     /// it; returns the event queue's avail index then (what the driver's
     /// refill will move past).
     fn send_reset<M: GuestMemory>(q: &mut Queue, mem: &M) -> Option<u16> {
-        let Some(chain) = next_chain(q, mem) else {
+        let Some(chain) = next_chain(q, mem, "virtio-vsock: event queue") else {
             let _ = q.enable_notification(mem);
             return None;
         };
@@ -346,16 +346,6 @@ impl Handler {
     fn kick_rx(queues: &[ActiveQueue]) {
         if let Some(q) = queues.iter().find(|q| q.index == RX) {
             let _ = q.notify.write(1);
-        }
-    }
-}
-
-fn next_chain<'a, M: GuestMemory>(queue: &mut Queue, mem: &'a M) -> Option<DescriptorChain<&'a M>> {
-    match queue.iter(mem) {
-        Ok(mut it) => it.next(),
-        Err(e) => {
-            devices::warn_ratelimited!("virtio-vsock: {e}");
-            None
         }
     }
 }

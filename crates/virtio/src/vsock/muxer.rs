@@ -362,20 +362,19 @@ impl Muxer {
                 Ok(Some((mut h, n))) => {
                     h.src_cid = HOST_CID;
                     h.dst_cid = self.guest_cid;
-                    if h.op == op::REQUEST {
+                    let request = h.op == op::REQUEST;
+                    if request {
                         // The guest's time to answer starts now.
                         e.deadline = Some(Instant::now() + TIMEOUT);
-                        self.timer_armed = self.timer_armed
-                            || self
-                                .timer
-                                .reset(Duration::from_secs(1), Some(Duration::from_secs(1)))
-                                .is_ok();
                     }
                     // Its turn again after the others: more data or a
                     // control packet may follow.
                     e.queued = true;
                     self.rx_ready.push_back(key);
                     self.update_interest(key);
+                    if request {
+                        self.arm_timer();
+                    }
                     return Some((h, n));
                 }
                 Ok(None) => self.update_interest(key),
