@@ -10,6 +10,7 @@ use devices::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::coalesced_io::CoalescedRing;
 use crate::events::EventMonitor;
 use crate::exit::{ExitReason, ExitSignal};
 
@@ -45,6 +46,9 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
     /// Optional event log.
     pub events: Option<Arc<EventMonitor>>,
+    /// Port writes KVM queued without exiting, replayed before each exit
+    /// is handled (and before the thread stops) so devices see them first.
+    pub coalesced: Option<Arc<CoalescedRing>>,
 }
 
 /// A running vCPU thread.
@@ -151,7 +155,11 @@ fn run(mut vcpu: VcpuFd, ctx: &VcpuContext) -> VcpuFd {
                 );
             }
         }
-        match vcpu.run() {
+        let result = vcpu.run();
+        if let Some(ring) = &ctx.coalesced {
+            ring.replay(&ctx.pio, &ctx.mmio);
+        }
+        match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !ctx.pio.write(u64::from(port), data) {
                     log::trace!("unhandled port write {port:#x} {data:x?}");

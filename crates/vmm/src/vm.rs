@@ -10,6 +10,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::coalesced_io::CoalescedRing;
 use crate::config::VmConfig;
 use crate::device_memory::DeviceMemoryView;
 use crate::disk_lock::DiskLock;
@@ -37,6 +38,8 @@ use virtio::mem::MemHandle;
 /// finally guest RAM go, in field order.
 pub struct Vm {
     vcpus: Vec<VcpuFd>,
+    /// KVM's queue of port writes that did not exit, replayed by the vCPUs.
+    coalesced: Option<Arc<CoalescedRing>>,
     /// What the architecture keeps (x86: host CPU facts; aarch64: the GIC).
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     arch_state: platform::Platform,
@@ -157,6 +160,10 @@ impl Vm {
         // vCPUs first: on aarch64 the GIC needs them before anything wires
         // an interrupt to it. Their state is set once the payload is loaded.
         let (vcpus, mut arch_state) = platform::create_vcpus(&kvm, &vm_fd, nr_vcpus)?;
+        let coalesced = vcpus
+            .first()
+            .and_then(|v| CoalescedRing::set_up(&kvm, &vm_fd, v, platform::COALESCED_PORTS))
+            .map(Arc::new);
 
         let mem_layout = MemoryLayout::new(cfg.memory.size);
         let backing = backing(cfg);
@@ -244,6 +251,7 @@ impl Vm {
 
         Ok(Self {
             vcpus,
+            coalesced,
             arch_state,
             kvm_stats,
             vm_fd,
@@ -382,6 +390,7 @@ impl Vm {
                 exit: self.exit.clone(),
                 stop: threads.stop.clone(),
                 events: self.events.clone(),
+                coalesced: self.coalesced.clone(),
             };
             let h = vcpu::spawn(fd, ctx).map_err(Error::io("cannot start a vCPU thread"))?;
             threads.handles.push(h);

@@ -117,6 +117,34 @@ guest_asm::guest_code!(
     "jmp 2b"
 );
 
+guest_asm::guest_code!(
+    pci_config,
+    ".code64",
+    "mov rdi, 0xd0000000",
+    "mov dx, 0xcf8",
+    "mov eax, 0x80000000", // 00:00.0 register 0
+    "out dx, eax",
+    "mov dx, 0xcfc",
+    "in eax, dx",
+    "mov [rdi], eax",
+    "mov dx, 0xcf8",
+    "mov eax, 0x8000f800", // 00:1f.0 register 0 (nothing there)
+    "out dx, eax",
+    "mov dx, 0xcfc",
+    "in eax, dx",
+    "mov [rdi + 4], eax",
+    "mov dx, 0xcf8",
+    "mov eax, 0x80000008", // 00:00.0 register 8, then the latch read back
+    "out dx, eax",
+    "in eax, dx",
+    "mov [rdi + 8], eax",
+    "mov dx, 0x600",
+    "mov al, 0x34",
+    "out dx, al",
+    "2: hlt",
+    "jmp 2b",
+);
+
 fn kvm_available() -> bool {
     vmm::test_support::kvm_usable("tiny guest test")
 }
@@ -234,6 +262,54 @@ fn pio_and_mmio_exits_reach_bus_devices_with_their_widths() {
             (0x20, vec![0xff; 4]),                      // unmapped MMIO reads all ones
         ]
     );
+}
+
+#[test]
+fn pci_config_address_writes_are_seen_before_the_data_access_they_select() {
+    if !kvm_available() {
+        return;
+    }
+    let (vm, _out) = build(&config(1, vec![(CODE_ADDR, pci_config::code().to_vec())]));
+    let writes = Arc::new(Mutex::new(vec![]));
+    vm.mmio_bus()
+        .insert(
+            Arc::new(Mutex::new(Recorder {
+                writes: writes.clone(),
+                read_value: 0,
+            })),
+            0xd000_0000,
+            0x1000,
+        )
+        .unwrap();
+    // What the host bridge answers, asked from here through the same ports.
+    let pio = vm.pio_bus().clone();
+    let mut id = [0u8; 4];
+    pio.write(0xcf8, &0x8000_0000u32.to_le_bytes());
+    pio.read(0xcfc, &mut id);
+    let (pio_counts, _) = vm.bus_counts();
+    let before: std::collections::HashMap<String, u64> =
+        pio_counts.snapshot().into_iter().collect();
+    assert_eq!(vm.start().unwrap().wait(TIMEOUT), ExitReason::PowerOff);
+    assert_eq!(
+        *writes.lock().unwrap(),
+        vec![
+            (0, id.to_vec()),
+            (4, vec![0xff; 4]),
+            (8, 0x8000_0008u32.to_le_bytes().to_vec()),
+        ],
+        "the data port and the latch read back answer the latch the guest wrote last"
+    );
+    // With KVM_CAP_COALESCED_PIO the three latch writes came without exits.
+    let after: std::collections::HashMap<String, u64> = pio_counts.snapshot().into_iter().collect();
+    let delta = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    if kvm.check_extension(kvm_ioctls::Cap::CoalescedPio) {
+        assert_eq!(delta("coalesced writes"), 3, "{after:?}");
+        assert_eq!(delta("0xcf8+0x8"), 3, "three reads exit: {after:?}");
+    } else {
+        eprintln!("no KVM_CAP_COALESCED_PIO here: every latch write exits");
+        assert_eq!(delta("0xcf8+0x8"), 6, "{after:?}");
+    }
 }
 
 #[test]

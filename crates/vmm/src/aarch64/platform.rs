@@ -45,6 +45,8 @@ pub const PCI_ECAM_START: u64 = layout::PCI_ECAM_START;
 pub const PCI_MMIO32: (u64, u64) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
 /// No port I/O on arm64.
 pub const PCI_CONFIG_PORTS: bool = false;
+/// Ports whose writes KVM queues instead of exiting: none (no port I/O).
+pub const COALESCED_PORTS: &[(u16, u32)] = &[];
 /// `KVM_DEV_TYPE_ARM_VGIC_V3`
 const DEV_TYPE_VGIC_V3: u32 = 7;
 /// Interrupts the distributor handles: SGIs, PPIs and 96 SPIs.

@@ -32,6 +32,10 @@ pub const PCI_ECAM_START: u64 = layout::PCI_ECAM_START;
 pub const PCI_MMIO32: (u64, u64) = (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE);
 /// Whether PCI configuration is also reachable through ports 0xcf8/0xcfc.
 pub const PCI_CONFIG_PORTS: bool = true;
+/// Ports whose writes KVM queues instead of exiting (`coalesced_io`):
+/// CONFIG_ADDRESS (0xcf8-0xcfb), a latch read back only through an exit.
+/// (0xcf9 lies inside; Caravel gives it no meaning, so nothing is delayed.)
+pub const COALESCED_PORTS: &[(u16, u32)] = &[(0xcf8, 4)];
 
 /// The device ID an MSI carries: none on x86 (the IOAPIC/LAPIC path needs none).
 pub fn msi_devid(_devfn: pci::DevFn) -> Option<u32> {
