@@ -204,6 +204,77 @@ fn measure(c: &Contender) -> Result<Sample, String> {
     })
 }
 
+/// The guest kernel's timestamps of its boot phases, in the order the guest
+/// prints them (`caravel.test=timeline`): `(phase, seconds)`, NaN when the
+/// guest's log has no such line.
+type Timeline = Vec<(String, f64)>;
+
+/// One more boot of `c` with the guest in timeline mode.
+fn timeline(c: &Contender) -> Result<Timeline, String> {
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .map(|a| a.replace("caravel.test=marker", "caravel.test=timeline"))
+        .collect();
+    let _ = std::fs::remove_file(c.control.path());
+    let mut s = Session::spawn(Path::new(&c.program), &args)?;
+    let (line, _) = s.expect("CARAVEL-TIMELINE", TIMEOUT)?;
+    let (status, _) = s.wait(TIMEOUT)?;
+    if !status.success() {
+        return Err(format!("{} exited with {status}\n{}", c.name, s.tail()));
+    }
+    Ok(parse_timeline(&line))
+}
+
+fn parse_timeline(line: &str) -> Timeline {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// Prints the phases side by side, with each VMM's time from the previous
+/// phase and the first VMM's difference to `reference` (QEMU microvm).
+fn print_timelines(prefix: &str, rows: &[(&str, Timeline)], reference: usize) {
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    println!("{prefix}");
+    println!(
+        "{prefix}Guest-time phases (one boot each, guest printk timestamps in s; in brackets the time since the previous phase; last column: {} minus {} per phase):",
+        rows[0].0,
+        rows.get(reference).map_or("-", |r| r.0)
+    );
+    println!("{prefix}");
+    let names: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    println!("{prefix}| phase | {} | difference |", names.join(" | "));
+    println!("{prefix}|{}", " --- |".repeat(names.len() + 2));
+    let step = |t: &Timeline, i: usize| {
+        let now = t.get(i).map_or(f64::NAN, |p| p.1);
+        let before = (0..i)
+            .rev()
+            .filter_map(|j| t.get(j).map(|p| p.1))
+            .find(|v| !v.is_nan())
+            .unwrap_or(0.0);
+        (now, now - before)
+    };
+    for (i, (phase, _)) in first.iter().enumerate() {
+        let cells: Vec<String> = rows
+            .iter()
+            .map(|(_, t)| match step(t, i) {
+                (now, _) if now.is_nan() => "-".to_string(),
+                (now, d) => format!("{now:.3} ({d:+.3})"),
+            })
+            .collect();
+        let diff = rows
+            .get(reference)
+            .map(|(_, r)| step(&rows[0].1, i).1 - step(r, i).1)
+            .filter(|d| !d.is_nan())
+            .map_or("-".to_string(), |d| format!("{d:+.3}"));
+        println!("{prefix}| {phase} | {} | {diff} |", cells.join(" | "));
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -280,15 +351,33 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
         if last.pio.is_empty() {
             continue;
         }
-        let total: u64 = last.pio.iter().map(|(_, n)| n).sum();
+        // Writes KVM coalesced reach the devices without an exit.
+        let exits: u64 = last
+            .pio
+            .iter()
+            .filter(|(k, _)| k != "coalesced writes")
+            .map(|(_, n)| n)
+            .sum();
         let ranges: Vec<String> = last.pio.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         println!("{prefix}");
         println!(
-            "{prefix}{} port I/O to the marker ({total}, last boot): {}",
+            "{prefix}{} port I/O to the marker ({exits} exits, last boot): {}",
             c.name,
             ranges.join(", ")
         );
     }
+    // Where the guest's time goes: one timeline boot per VMM.
+    let mut timelines = Vec::new();
+    for (c, r) in contenders.iter().zip(&results) {
+        if r.is_some() {
+            timelines.push((c.name, timeline(c)?));
+        }
+    }
+    let reference = timelines
+        .iter()
+        .position(|(n, _)| n.contains("microvm"))
+        .unwrap_or(0);
+    print_timelines(prefix, &timelines, reference);
     Ok(())
 }
 
@@ -469,4 +558,19 @@ pub fn qemu_guest_args(
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_line_parses_with_missing_phases_as_nan() {
+        let t =
+            parse_timeline("CARAVEL-TIMELINE tsc=0.012000 acpi=- run-init=1.020000 marker=1.05");
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0], ("tsc".to_string(), 0.012));
+        assert!(t[1].1.is_nan());
+        assert_eq!(t[3], ("marker".to_string(), 1.05));
+    }
 }

@@ -11,6 +11,29 @@ case "$test" in
   marker)
     marker
     poweroff -f ;;
+  timeline)
+    # The guest kernel's own timestamps (printk.time) of its boot phases, one
+    # line: the first (or, for the -last names, the last) log line of each.
+    marker
+    dmesg > /tmp/dmesg
+    at() { v=$(grep -E "$2" /tmp/dmesg | sed -n "${3:-1}"'s/^\[ *\([0-9.]*\)\].*/\1/p'); printf ' %s=%s' "$1" "${v:--}"; }
+    {
+      printf 'CARAVEL-TIMELINE'
+      at tsc 'tsc: (Detected|Fast TSC|Using PIT)'
+      at delay-loop 'Calibrating delay|lpj='
+      at smp-up 'smp: Brought up'
+      at acpi 'ACPI: Interpreter enabled'
+      at pci-root 'PCI host bridge to bus|PCI Root Bridge'
+      at pci-last 'pci 0000:|pci_bus 0000:' '$'
+      at clocksource 'clocksource: Switched to'
+      at initramfs 'Trying to unpack rootfs'
+      at initramfs-done 'Freeing initrd memory'
+      at serial 'Serial: 8250'
+      at kernel-done 'Freeing unused kernel'
+      at run-init 'Run /init'
+      echo " marker=$(cut -d' ' -f1 /proc/uptime)"
+    }
+    poweroff -f ;;
   interactive)
     # Boot, then obey one command per line from the console (the rig types them).
     marker
