@@ -22,6 +22,7 @@
 # Env:   CARAVEL_CACHE (default ~/.cache/caravel), RIG_TIMEOUT (seconds, default 1800),
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
+#        RIG_ACCEL (outer -accel, default tcg; tcg,thread=single runs all outer vCPUs on one host thread),
 #        RIG_APPEND (more outer kernel arguments, e.g. softlockup_all_cpu_backtrace=1 loglevel=7),
 #        RIG_MONITOR (a Unix socket path for the outer QEMU's monitor: info cpus, info registers -a),
 #        RIG_REBOOTS (guest reboots of reboot-loop-leaves-fds-threads-rss-flat, default 30;
@@ -33,6 +34,7 @@ RIG_TIMEOUT=${RIG_TIMEOUT:-1800}
 RIG_IDLE_TIMEOUT=${RIG_IDLE_TIMEOUT:-240}
 RIG_CPU=${RIG_CPU:-EPYC,+svm,+npt}
 RIG_SMP=${RIG_SMP:-1}
+RIG_ACCEL=${RIG_ACCEL:-tcg}
 RIG_MEM=${RIG_MEM:-4096}
 TARGET=x86_64-unknown-linux-gnu
 DEMO_SHELL_SOCK=$CACHE/demo-shell.sock
@@ -99,7 +101,7 @@ if [ "${1:-}" = --demo ]; then
   trap 'restore_tty; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
   rm -f "$DEMO_SHELL_SOCK"
   rc=0
-  qemu-system-x86_64 -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" -nographic -no-reboot \
+  qemu-system-x86_64 -accel "$RIG_ACCEL" -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" -nographic -no-reboot \
     -serial mon:stdio -serial unix:"$DEMO_SHELL_SOCK",server=on,wait=off \
     -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" -append "console=ttyS0 panic=-1 quiet rig.demo" || rc=$?
   exit $rc
@@ -128,7 +130,7 @@ boot_outer() {
   # The outer VM's console goes to RUN_LOG (line-buffered); a watchdog treats
   # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
   : > "$RUN_LOG"
-  ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel tcg -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
+  ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel "$RIG_ACCEL" -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
       "${MACHINE[@]}" ${RIG_MONITOR:+-monitor unix:$RIG_MONITOR,server=on,wait=off} \
       -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
       -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS rig.reboots=${RIG_REBOOTS:-30}$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
