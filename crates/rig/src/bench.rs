@@ -226,6 +226,28 @@ fn timeline(c: &Contender) -> Result<Timeline, String> {
     Ok(parse_timeline(&line))
 }
 
+/// Timeline boots per VMM (their phases' medians are printed).
+const TIMELINE_BOOTS: usize = 3;
+
+/// Each phase's median over `boots` (phases as the first boot names them).
+fn median_timeline(boots: &[Timeline]) -> Timeline {
+    let Some(first) = boots.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, (phase, _))| {
+            let values = boots
+                .iter()
+                .filter_map(|b| b.get(i).map(|p| p.1))
+                .filter(|v| !v.is_nan())
+                .collect::<Vec<_>>();
+            (phase.clone(), median(values))
+        })
+        .collect()
+}
+
 fn parse_timeline(line: &str) -> Timeline {
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
@@ -241,7 +263,7 @@ fn print_timelines(prefix: &str, rows: &[(&str, Timeline)], reference: usize) {
     };
     println!("{prefix}");
     println!(
-        "{prefix}Guest-time phases (one boot each, guest printk timestamps in s; in brackets the time since the previous phase; last column: {} minus {} per phase):",
+        "{prefix}Guest-time phases (median of {TIMELINE_BOOTS} boots each, guest printk timestamps in s; in brackets the time since the previous phase; last column: {} minus {} per phase):",
         rows[0].0,
         rows.get(reference).map_or("-", |r| r.0)
     );
@@ -286,31 +308,38 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs the benchmark and prints a Markdown table (lines prefixed by `prefix`).
 pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), String> {
     let contenders = contenders(env, vcpus);
-    let mut results = Vec::new();
-    for c in &contenders {
-        if !Path::new(&c.program).exists() {
+    let mut results: Vec<Option<Vec<Sample>>> = contenders
+        .iter()
+        .map(|c| Path::new(&c.program).exists().then(Vec::new))
+        .collect();
+    for (c, r) in contenders.iter().zip(&results) {
+        if r.is_none() {
             println!("{prefix}# {}: {} not present, skipped", c.name, c.program);
-            results.push(None);
-            continue;
         }
-        let mut samples = Vec::new();
-        // One warm-up boot (the first boot after the outer VM starts is ~1 s slower).
-        measure(c)?;
-        for _ in 0..runs {
-            samples.push(measure(c)?);
+    }
+    // One warm-up boot each (the first boot after the outer VM starts is
+    // ~1 s slower), then the VMMs take turns, so that the outer VM's slow
+    // and fast minutes fall on all of them alike.
+    for round in 0..=runs {
+        for (c, r) in contenders.iter().zip(results.iter_mut()) {
+            let Some(samples) = r else { continue };
+            let s = measure(c)?;
+            if round > 0 {
+                samples.push(s);
+            }
         }
-        results.push(Some(samples));
     }
     let med = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
+    let fastest = |s: &[Sample]| s.iter().map(|x| x.marker).fold(f64::INFINITY, f64::min);
     let base = results[0]
         .as_ref()
         .map(|s| med(s, &|x| x.marker))
         .unwrap_or(f64::NAN);
     println!("{prefix}");
-    println!("{prefix}Median of {runs} boots after one warm-up, {vcpus} vCPUs, {GUEST_MEM} guest RAM, same kernel and initramfs:");
+    println!("{prefix}Median of {runs} boots per VMM after one warm-up (VMMs in turn), {vcpus} vCPUs, {GUEST_MEM} guest RAM, same kernel and initramfs:");
     println!("{prefix}");
     println!(
-        "{prefix}| VMM | start -> first KVM_RUN | start -> marker | vs first row | guest uptime at marker | start -> exit | RSS without guest RAM (anonymous) | KVM exits to marker: {} |",
+        "{prefix}| VMM | start -> first KVM_RUN | start -> marker (fastest) | vs first row | guest uptime at marker | start -> exit | RSS without guest RAM (anonymous) | KVM exits to marker: {} |",
         EXIT_STATS.join(" / ")
     );
     println!("{prefix}| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -327,7 +356,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             })
             .collect();
         println!(
-            "{prefix}| {} | {} | {:.3} s | {:.2}x | {:.2} s | {:.3} s | {:.1} MiB ({:.2}) | {} |",
+            "{prefix}| {} | {} | {:.3} s ({:.3}) | {:.2}x | {:.2} s | {:.3} s | {:.1} MiB ({:.2}) | {} |",
             c.name,
             if first.is_nan() {
                 "–".to_string()
@@ -335,6 +364,7 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
                 format!("{:.1} ms", first * 1000.0)
             },
             marker,
+            fastest(s),
             marker / base,
             med(s, &|x| x.uptime),
             med(s, &|x| x.exit),
@@ -366,13 +396,27 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             ranges.join(", ")
         );
     }
-    // Where the guest's time goes: one timeline boot per VMM.
-    let mut timelines = Vec::new();
-    for (c, r) in contenders.iter().zip(&results) {
-        if r.is_some() {
-            timelines.push((c.name, timeline(c)?));
+    // Where the guest's time goes: timeline boots, VMMs in turn, the
+    // median of each phase.
+    let mut boots: Vec<(&str, Vec<Timeline>)> = contenders
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_some())
+        .map(|(c, _)| (c.name, Vec::new()))
+        .collect();
+    for _ in 0..TIMELINE_BOOTS {
+        for (c, (_, t)) in contenders
+            .iter()
+            .filter(|c| Path::new(&c.program).exists())
+            .zip(boots.iter_mut())
+        {
+            t.push(timeline(c)?);
         }
     }
+    let timelines: Vec<(&str, Timeline)> = boots
+        .into_iter()
+        .map(|(name, t)| (name, median_timeline(&t)))
+        .collect();
     let reference = timelines
         .iter()
         .position(|(n, _)| n.contains("microvm"))
@@ -572,5 +616,18 @@ mod tests {
         assert_eq!(t[0], ("tsc".to_string(), 0.012));
         assert!(t[1].1.is_nan());
         assert_eq!(t[3], ("marker".to_string(), 1.05));
+    }
+
+    #[test]
+    fn phases_take_the_median_of_the_boots_that_have_them() {
+        let boots = [
+            parse_timeline("T tsc=0.1 acpi=- marker=3"),
+            parse_timeline("T tsc=0.3 acpi=0.5 marker=1"),
+            parse_timeline("T tsc=0.2 acpi=- marker=2"),
+        ];
+        let m = median_timeline(&boots);
+        assert_eq!(m[0], ("tsc".to_string(), 0.2));
+        assert_eq!(m[1], ("acpi".to_string(), 0.5));
+        assert_eq!(m[2], ("marker".to_string(), 2.0));
     }
 }

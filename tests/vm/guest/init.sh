@@ -24,11 +24,10 @@ case "$test" in
       at smp-up 'smp: Brought up'
       at acpi 'ACPI: Interpreter enabled'
       at pci-root 'PCI host bridge to bus|PCI Root Bridge'
-      at pci-last 'pci 0000:|pci_bus 0000:' '$'
       at clocksource 'clocksource: Switched to'
-      at initramfs 'Trying to unpack rootfs'
-      at initramfs-done 'Freeing initrd memory'
+      at pci-last 'pci 0000:|pci_bus 0000:' '$'
       at serial 'Serial: 8250'
+      at initramfs-done 'Freeing initrd memory'
       at kernel-done 'Freeing unused kernel'
       at run-init 'Run /init'
       echo " marker=$(cut -d' ' -f1 /proc/uptime)"
