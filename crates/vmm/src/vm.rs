@@ -146,6 +146,7 @@ impl Vm {
             Build::Restore => (None, false, true),
             Build::Migration(_) => (None, false, false),
         };
+        let mut phases = BuildPhases::start();
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
         let nr_vcpus = cfg.cpus.boot_vcpus;
         let max = platform::max_vcpus(&kvm);
@@ -164,6 +165,7 @@ impl Vm {
             .first()
             .and_then(|v| CoalescedRing::set_up(&kvm, &vm_fd, v, platform::COALESCED_PORTS))
             .map(Arc::new);
+        phases.mark("kvm");
 
         let mem_layout = MemoryLayout::new(cfg.memory.size);
         let backing = backing(cfg);
@@ -180,6 +182,7 @@ impl Vm {
         let ram_slots = Arc::new(RamSlots::new(vm_fd.clone()));
         ram.register_boot(&ram_slots, &mut slots)?;
         let memory = &ram.memory;
+        phases.mark("memory");
 
         let exit = Arc::new(ExitSignal::new().map_err(Error::io("eventfd"))?);
         let pio = Arc::new(Bus::new());
@@ -239,10 +242,15 @@ impl Vm {
             &mut slots,
         )?;
 
+        phases.mark("devices");
         if load_payload {
             platform::boot(cfg, memory, &mem_layout, &pci, &vcpus, &mut arch_state)?;
         } else {
             platform::prepare_restore(&vcpus, &mut arch_state)?;
+        }
+        phases.mark("payload");
+        if let Some(ev) = &events {
+            ev.emit("vm", "built", Some(phases.to_json()));
         }
         let kvm_stats = Arc::new(KvmStats::open(&vcpus).unwrap_or_else(|e| {
             log::warn!("no KVM statistics for vm.counters (KVM_GET_STATS_FD: {e})");
@@ -396,6 +404,39 @@ impl Vm {
             threads.handles.push(h);
         }
         Ok(RunningVm { threads, vm: self })
+    }
+}
+
+/// How long each step of [`Vm::build`] took, for the event monitor's
+/// `built` event: `kvm` (KVM, the VM, its vCPUs), `memory` (guest RAM mapped
+/// and registered), `devices` (legacy, PCI, virtio, VFIO), `payload`
+/// (kernel, initramfs, ACPI tables or FDT, vCPU registers).
+struct BuildPhases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl BuildPhases {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    /// `{"kvm_us": N, ...}` in build order.
+    fn to_json(&self) -> serde_json::Value {
+        self.done
+            .iter()
+            .map(|(p, d)| (format!("{p}_us"), serde_json::json!(d.as_micros() as u64)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 
