@@ -166,7 +166,7 @@ for attempt in 1 2; do
   boot_outer
   if grep -q '^RIG-END rc=0' "$RUN_LOG"; then exit 0; fi
   if grep -q '^RIG-END' "$RUN_LOG"; then
-    failed=$(failed_scenarios | paste -sd, -)
+    failed=$(failed_scenarios | tr '\n' ',' | sed 's/,$//')
     if [ "$rerun_failed" = 1 ] && [ -n "$failed" ]; then
       first=$(grep -A 12 '^RIG| not ok' "$RUN_LOG" | sed 's/^RIG| //')
       log "failed: $failed; running them once more in a fresh outer VM"
@@ -176,7 +176,7 @@ for attempt in 1 2; do
         printf 'FLAKY: %s failed once and passed on the rerun; the first failure:\n%s\n' "$failed" "$first" >&2
         exit 0
       fi
-      log "failed again: $(failed_scenarios | paste -sd, -)"
+      log "failed again: $(failed_scenarios | tr '\n' ',' | sed 's/,$//')"
     fi
     exit 1
   fi

@@ -19,6 +19,7 @@
 
 pub mod cases;
 pub mod check;
+pub mod churn;
 pub mod glob;
 pub mod harness;
 pub mod keeper;

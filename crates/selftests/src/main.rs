@@ -50,6 +50,12 @@ mod x86 {
         /// each (this wedged nested-SVM QEMU TCG hosts; docs/selftests.md).
         #[arg(long)]
         no_keeper: bool,
+        /// Run no case: for S seconds create and destroy the host's only VM
+        /// in a loop while another thread yields (issue #18's reproducer of
+        /// the nested wedge, without the suite; docs/selftests.md).
+        #[arg(long, value_name = "S", conflicts_with_all = ["list", "filter", "json"],
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+        churn: Option<u64>,
         /// Internal: run one case in this process and print its result line.
         #[arg(long, value_name = "NAME", hide = true)]
         run_case: Option<String>,
@@ -74,6 +80,18 @@ mod x86 {
         let all = cases::all();
         if let Some(name) = &args.run_case {
             return child(&all, name);
+        }
+        if let Some(secs) = args.churn {
+            return match selftests::churn::run(Duration::from_secs(secs), Duration::from_secs(5)) {
+                Ok(n) => {
+                    println!("ok churn: {n} VMs created and destroyed in {secs} s");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("not ok churn: {e}");
+                    ExitCode::from(1)
+                }
+            };
         }
         let selected: Vec<&Case> = all
             .iter()
