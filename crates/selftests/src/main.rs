@@ -56,6 +56,10 @@ mod x86 {
         #[arg(long, value_name = "S", conflicts_with_all = ["list", "filter", "json"],
           value_parser = clap::value_parser!(u64).range(1..=86400))]
         churn: Option<u64>,
+        /// With --churn: each round's vCPU also enters the guest once (to
+        /// its first port write) before the VM is destroyed.
+        #[arg(long, requires = "churn")]
+        churn_run: bool,
         /// Internal: run one case in this process and print its result line.
         #[arg(long, value_name = "NAME", hide = true)]
         run_case: Option<String>,
@@ -82,7 +86,8 @@ mod x86 {
             return child(&all, name);
         }
         if let Some(secs) = args.churn {
-            return match selftests::churn::run(Duration::from_secs(secs), Duration::from_secs(5)) {
+            let time = Duration::from_secs(secs);
+            return match selftests::churn::run(time, Duration::from_secs(5), args.churn_run) {
                 Ok(n) => {
                     println!("ok churn: {n} VMs created and destroyed in {secs} s");
                     ExitCode::SUCCESS
