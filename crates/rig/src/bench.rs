@@ -80,6 +80,8 @@ struct Sample {
     exits: Vec<u64>,
     /// Caravel: port I/O exits to the marker by device range.
     pio: Vec<(String, u64)>,
+    /// Anonymous KiB at the marker by kind of mapping.
+    anon_map: Vec<(String, u64)>,
 }
 
 fn guest_cmdline() -> String {
@@ -159,6 +161,61 @@ fn rss_and_anon_without_guest(pid: u32) -> (u64, u64) {
     (total, anon)
 }
 
+/// Anonymous memory of `pid` (KiB) by kind of mapping, guest RAM left out:
+/// `[heap]`, `[stack]`, a file's writable data (its path), and nameless
+/// mappings by size (an 8 MiB one is a thread's stack), largest first.
+fn anon_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    anon_by_mapping_in(&smaps)
+}
+
+fn anon_by_mapping_in(smaps: &str) -> Vec<(String, u64)> {
+    let mut groups: std::collections::BTreeMap<String, (u64, u32)> = Default::default();
+    let mut label = String::new();
+    let mut size = 0u64;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            let (Some(start), Some(end)) = first
+                .split_once('-')
+                .map(|(a, b)| {
+                    (
+                        u64::from_str_radix(a, 16).ok(),
+                        u64::from_str_radix(b, 16).ok(),
+                    )
+                })
+                .unwrap_or((None, None))
+            else {
+                continue;
+            };
+            size = end.saturating_sub(start);
+            let path = f.nth(4).unwrap_or("");
+            label = if path.is_empty() {
+                format!("nameless {} KiB", size / 1024)
+            } else {
+                path.to_string()
+            };
+        } else if first == "Anonymous:" && size < GUEST_RAM_MAPPING_MIN {
+            let kib = f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if kib > 0 {
+                let g = groups.entry(label.clone()).or_default();
+                g.0 += kib;
+                g.1 += 1;
+            }
+        }
+    }
+    let mut out: Vec<(String, u64)> = groups
+        .into_iter()
+        .map(|(k, (kib, n))| (if n > 1 { format!("{k} x{n}") } else { k }, kib))
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
 fn first_run_secs(path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
@@ -183,6 +240,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     let (rss_kib, anon_kib) = rss_and_anon_without_guest(s.pid());
+    let anon_map = anon_by_mapping(s.pid());
     let exits = c
         .control
         .kvm_exits()
@@ -199,6 +257,7 @@ fn measure(c: &Contender) -> Result<Sample, String> {
         exit: exit.as_secs_f64(),
         rss_kib,
         anon_kib,
+        anon_map,
         exits,
         pio,
     })
@@ -394,6 +453,27 @@ pub fn run(env: &Env, runs: usize, vcpus: u32, prefix: &str) -> Result<(), Strin
             "{prefix}{} port I/O to the marker ({exits} exits, last boot): {}",
             c.name,
             ranges.join(", ")
+        );
+    }
+    // Where the anonymous memory is (the last boot of each Caravel row).
+    for (c, r) in contenders.iter().zip(&results) {
+        let Some(last) = r.as_ref().and_then(|s| s.last()) else {
+            continue;
+        };
+        if last.pio.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = last
+            .anon_map
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        println!("{prefix}");
+        println!(
+            "{prefix}{} anonymous KiB at the marker by mapping (last boot, {} KiB): {}",
+            c.name,
+            last.anon_kib,
+            parts.join(", ")
         );
     }
     // Where the guest's time goes: timeline boots, VMMs in turn, the
@@ -616,6 +696,38 @@ mod tests {
         assert_eq!(t[0], ("tsc".to_string(), 0.012));
         assert!(t[1].1.is_nan());
         assert_eq!(t[3], ("marker".to_string(), 1.05));
+    }
+
+    #[test]
+    fn anonymous_memory_is_grouped_by_mapping() {
+        let smaps = "\
+55d0-55e0 rw-p 00000000 00:00 0 [heap]
+Size: 64 kB
+Anonymous: 40 kB
+7f0000000000-7f0000800000 rw-p 00000000 00:00 0
+Size: 8192 kB
+Anonymous: 8 kB
+7f0000800000-7f0001000000 rw-p 00000000 00:00 0
+Size: 8192 kB
+Anonymous: 12 kB
+400000-401000 rw-p 00001000 08:01 77 /bin/caravel
+Size: 4 kB
+Anonymous: 4 kB
+7e0000000000-7e0010000000 rw-p 00000000 00:00 0
+Size: 262144 kB
+Anonymous: 9000 kB
+";
+        let got = anon_by_mapping_in(smaps);
+        assert_eq!(got[0], ("[heap]".to_string(), 40));
+        assert_eq!(got[1], ("nameless 8192 KiB x2".to_string(), 20));
+        assert!(
+            got.iter().any(|(k, n)| k == "/bin/caravel" && *n == 4),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|(_, n)| *n == 9000),
+            "guest RAM left out: {got:?}"
+        );
     }
 
     #[test]
