@@ -430,7 +430,7 @@ impl BuildPhases {
         self.last = now;
     }
 
-    /// `{"kvm_us": N, ...}` in build order.
+    /// `{"kvm_us": N, "memory_us": N, ...}` (keys in serde_json's order).
     fn to_json(&self) -> serde_json::Value {
         self.done
             .iter()
