@@ -11,6 +11,7 @@
 //! Nothing here knows KVM: the request parsers and device cores are driven
 //! in unit tests through virtio-queue's mock memory.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 mod device;
@@ -49,6 +50,8 @@ pub mod device_type {
     pub const CONSOLE: u32 = 3;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
     /// Memory device.

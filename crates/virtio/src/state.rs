@@ -107,6 +107,8 @@ pub enum DeviceState {
     /// virtio-vsock (its connections are not kept: the guest is told its
     /// transport was reset).
     Vsock(crate::vsock::VsockSavedState),
+    /// virtio-balloon (sizes and the held statistics buffer).
+    Balloon(crate::balloon::BalloonSavedState),
 }
 
 /// A virtio device on PCI: configuration space, MSI-X, common
