@@ -127,6 +127,45 @@ pub struct MemoryInfo {
     pub boot_size: u64,
     /// The virtio-mem device, if configured.
     pub hotplug: Option<HotplugInfo>,
+    /// The virtio-balloon device, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonInfo>,
+}
+
+/// The virtio-balloon device's state in `vm.info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BalloonInfo {
+    /// Bytes the host asks the guest to give (`num_pages`).
+    pub size: u64,
+    /// Bytes the guest says are in the balloon (`actual`).
+    pub actual: u64,
+    /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` offered.
+    pub deflate_on_oom: bool,
+    /// `VIRTIO_BALLOON_F_PAGE_REPORTING` offered.
+    pub free_page_reporting: bool,
+    /// Seconds between statistics requests (0: none).
+    pub stats_interval: u64,
+    /// Whether the guest's driver has started the device.
+    pub driver_active: bool,
+}
+
+/// `GET /api/v1/vm.balloon-stats` (Firecracker's `BalloonStats`, plus the
+/// age of the figures). Statistics the guest did not send are absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BalloonStats {
+    /// Target size in 4 KiB pages.
+    pub target_pages: u64,
+    /// Pages in the balloon.
+    pub actual_pages: u64,
+    /// Target size in MiB.
+    pub target_mib: u64,
+    /// MiB in the balloon.
+    pub actual_mib: u64,
+    /// Milliseconds since the guest sent these figures.
+    pub age_ms: u64,
+    /// The guest's figures.
+    #[serde(flatten)]
+    pub guest: std::collections::BTreeMap<String, u64>,
 }
 
 /// The virtio-mem device's state.
@@ -171,7 +210,7 @@ pub struct VmResizeRequest {
     pub desired_ram: Option<u64>,
     /// Not supported by Caravel.
     pub desired_vcpus: Option<u32>,
-    /// Not supported by Caravel.
+    /// Bytes the balloon should hold (`--balloon`'s size at run time).
     pub desired_balloon: Option<u64>,
 }
 

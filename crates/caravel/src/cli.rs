@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use vmm::config::{
-    ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig, LinuxPayload, MacAddr,
-    MemoryConfig, NetConfig, Payload, VmConfig, VsockConfig,
+    BalloonConfig, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig,
+    LinuxPayload, MacAddr, MemoryConfig, NetConfig, Payload, VmConfig, VsockConfig,
 };
 use vmm::seccomp::SeccompMode;
 
@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "source_url=file:///DIR[,resume=on][,prefault=on]",
-        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "net", "vsock", "rng"],
+        conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "device", "net", "vsock", "rng", "balloon"],
         help = "Start from a snapshot taken with vm.snapshot (caravel-remote snapshot) \
                 instead of booting: source_url=file:///DIR[,resume=on]. The VM's vCPUs, \
                 memory and devices come from the snapshot (its disk images must still \
@@ -171,6 +171,22 @@ pub struct Args {
     /// A virtio-rng device fed by the host's getrandom(2).
     #[arg(long)]
     pub rng: bool,
+
+    /// A virtio-balloon device (see `--help`).
+    #[arg(
+        long,
+        value_name = "size=SIZE[,deflate_on_oom=on][,free_page_reporting=on][,stats_interval=SECONDS]",
+        help = "A virtio-balloon device: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on]\
+                [,stats_interval=SECONDS]. size is the memory asked back from the guest at boot \
+                (0 for none; change it at run time with caravel-remote resize --balloon SIZE). \
+                deflate_on_oom=on lets the guest take balloon pages back instead of OOM-killing; \
+                free_page_reporting=on makes the guest report free memory, which Caravel returns \
+                to the host at once; stats_interval=N asks the guest for its memory statistics \
+                every N seconds (caravel-remote balloon-stats; 0, the default, offers none). \
+                Pages of memory mapped for a --device's DMA are never returned. See \
+                docs/balloon.md."
+    )]
+    pub balloon: Option<String>,
 
     /// Serve the REST control API on this Unix socket (path=PATH or just PATH).
     #[arg(long, value_name = "path=PATH")]
@@ -496,6 +512,52 @@ pub fn parse_net(s: &str) -> Result<NetConfig, OptionError> {
     })
 }
 
+/// Most seconds between balloon statistics requests.
+const MAX_STATS_INTERVAL: u64 = 3600;
+
+/// Parses `--balloon` for a VM with `memory`.
+pub fn parse_balloon(s: &str, memory: &MemoryConfig) -> Result<BalloonConfig, OptionError> {
+    const FLAG: &str = "--balloon";
+    let kv = KeyValues::parse(
+        FLAG,
+        s,
+        &[
+            "size",
+            "deflate_on_oom",
+            "free_page_reporting",
+            "stats_interval",
+        ],
+        Some("size"),
+    )?;
+    let size = kv
+        .size("size")?
+        .ok_or_else(|| OptionError::new(FLAG, "size=SIZE is required (0 for an empty balloon)"))?;
+    let total = memory.size + memory.hotplug.map_or(0, |h| h.hotplug_size);
+    if size >= total {
+        return Err(OptionError::new(
+            FLAG,
+            format!(
+                "size={} is not less than the guest's memory ({}): use a smaller size",
+                arch::format_size(size),
+                arch::format_size(total)
+            ),
+        ));
+    }
+    let stats_interval = kv.number::<u64>("stats_interval")?.unwrap_or(0);
+    if stats_interval > MAX_STATS_INTERVAL {
+        return Err(OptionError::new(
+            FLAG,
+            format!("stats_interval={stats_interval} is more than an hour: use 0 to {MAX_STATS_INTERVAL} seconds"),
+        ));
+    }
+    Ok(BalloonConfig {
+        size,
+        deflate_on_oom: kv.toggle("deflate_on_oom")?.unwrap_or(false),
+        free_page_reporting: kv.toggle("free_page_reporting")?.unwrap_or(false),
+        stats_interval,
+    })
+}
+
 /// Parses `--vsock`.
 pub fn parse_vsock(s: &str) -> Result<VsockConfig, OptionError> {
     const FLAG: &str = "--vsock";
@@ -688,7 +750,7 @@ impl Args {
     /// Without `--kernel`, the VM comes from a migration's source: options
     /// that shape the VM are refused by name.
     fn check_incoming(&self) -> Result<(), OptionError> {
-        let given: [(&'static str, bool); 9] = [
+        let given: [(&'static str, bool); 10] = [
             ("--initramfs", self.initramfs.is_some()),
             ("--cmdline", self.cmdline.is_some()),
             // (clap fills in their defaults: only other values are seen)
@@ -699,6 +761,7 @@ impl Args {
             ("--net", !self.net.is_empty()),
             ("--vsock", self.vsock.is_some()),
             ("--rng", self.rng),
+            ("--balloon", self.balloon.is_some()),
         ];
         match given.iter().find(|(_, g)| *g) {
             Some((flag, _)) => Err(OptionError::new(
@@ -752,9 +815,10 @@ impl Args {
         if serial == ConsoleConfig::Tty && console == ConsoleConfig::Tty {
             return Err(OptionError::new("--console", "tty is already taken by --serial; use --serial off (or file=PATH) with --console tty"));
         }
+        let memory = parse_memory(&self.memory)?;
         Ok(VmConfig {
             cpus: parse_cpus(&self.cpus)?,
-            memory: parse_memory(&self.memory)?,
+            memory,
             payload: Payload::Linux(LinuxPayload {
                 kernel,
                 initramfs: self.initramfs.clone(),
@@ -779,6 +843,11 @@ impl Args {
                 .collect::<Result<_, _>>()?,
             vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
             rng: self.rng,
+            balloon: self
+                .balloon
+                .as_deref()
+                .map(|b| parse_balloon(b, &memory))
+                .transpose()?,
             api_socket: self
                 .api_socket
                 .as_deref()
@@ -1022,6 +1091,47 @@ mod tests {
                 .starts_with("--disk: id= is at most 20 bytes")
         );
         assert!(err(&["--disk", "readonly=on"]).starts_with("--disk: path=PATH is required"));
+    }
+
+    #[test]
+    fn balloon_takes_cloud_hypervisors_keys() {
+        let c = args(&[
+            "--memory",
+            "size=1G",
+            "--balloon",
+            "size=256M,deflate_on_oom=on,free_page_reporting=on,stats_interval=2",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(
+            c.balloon,
+            Some(BalloonConfig {
+                size: 256 << 20,
+                deflate_on_oom: true,
+                free_page_reporting: true,
+                stats_interval: 2
+            })
+        );
+        let c = args(&["--balloon", "0"]).unwrap().to_config().unwrap();
+        assert_eq!(c.balloon.unwrap().size, 0);
+        assert!(!c.balloon.unwrap().free_page_reporting);
+        for (opt, want) in [
+            ("deflate_on_oom=on", "--balloon: size=SIZE is required"),
+            ("size=512M", "--balloon: size=512M is not less than"),
+            (
+                "size=1M,stats_interval=4000",
+                "--balloon: stats_interval=4000 is more",
+            ),
+            (
+                "size=1M,free_page_reporting=yes",
+                "--balloon: free_page_reporting=yes: use on or off",
+            ),
+            ("size=1M,num_pages=3", "--balloon"),
+        ] {
+            let e = err(&["--balloon", opt]);
+            assert!(e.starts_with(want), "{opt}: {e}");
+        }
     }
 
     #[test]

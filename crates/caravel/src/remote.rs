@@ -40,6 +40,9 @@ pub enum Command {
     /// statistics (exits by type, halts, ...) summed over vCPUs, and
     /// {"console": {...}}, console output dropped because the host did not read.
     Counters,
+    /// Print the balloon's size and the guest's latest memory statistics
+    /// as JSON (Firecracker's field names; needs --balloon ...,stats_interval=N).
+    BalloonStats,
     /// Shut the VM down; caravel then exits with status 0.
     Shutdown,
     /// Pause the VM: its vCPUs stop (devices and the API stay up).
@@ -82,12 +85,18 @@ pub enum Command {
         #[arg(value_name = "URL")]
         receiver_url: String,
     },
-    /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged memory).
+    /// Set the guest's total RAM (boot memory plus virtio-mem hotplugged
+    /// memory) and/or the balloon's size.
+    #[command(group = clap::ArgGroup::new("size").required(true).multiple(true).args(["memory", "balloon"]))]
     Resize {
         /// Total RAM wanted, e.g. 768M (boot size + a multiple of the block size).
         #[arg(long, value_name = "SIZE")]
-        memory: String,
-        /// Return only when the guest has plugged (or unplugged) to the new size.
+        memory: Option<String>,
+        /// Memory the balloon should take from the guest, e.g. 256M (0 empties it).
+        #[arg(long, value_name = "SIZE")]
+        balloon: Option<String>,
+        /// Return only when the guest has plugged (or unplugged) to the new
+        /// size and its balloon holds the new size.
         #[arg(long)]
         wait: bool,
         /// Seconds --wait waits before reporting how far the guest got.
@@ -138,10 +147,46 @@ fn wait_for_plug(args: &RemoteArgs, timeout: Duration) -> Outcome {
                 .and_then(|b| serde_json::from_slice::<VmInfoResponse>(&b).ok()),
             _ => None,
         };
-        let Some(h) = info.and_then(|i| i.memory.hotplug) else {
+        let Some(memory) = info.map(|i| i.memory) else {
             return failure(
                 "caravel-remote: cannot read vm.info while waiting (did the VM stop?)".into(),
             );
+        };
+        let balloon_done = memory.balloon.as_ref().is_none_or(|b| b.actual == b.size);
+        if let (false, Some(b)) = (balloon_done, &memory.balloon) {
+            if start.elapsed() >= timeout {
+                return failure(format!(
+                    "caravel-remote: timed out after {:.1} s: the balloon holds {} of {}{}",
+                    timeout.as_secs_f64(),
+                    fmt(b.actual),
+                    fmt(b.size),
+                    if b.driver_active {
+                        ""
+                    } else {
+                        " (the guest has not started a virtio-balloon driver)"
+                    }
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let Some(h) = memory.hotplug else {
+            let b = memory.balloon.unwrap_or(api::types::BalloonInfo {
+                size: 0,
+                actual: 0,
+                deflate_on_oom: false,
+                free_page_reporting: false,
+                stats_interval: 0,
+                driver_active: false,
+            });
+            return Outcome {
+                text: format!(
+                    "balloon holds {} after {:.2} s",
+                    fmt(b.actual),
+                    start.elapsed().as_secs_f64()
+                ),
+                status: 0,
+            };
         };
         if h.plugged_size == h.requested_size {
             return Outcome {
@@ -244,6 +289,7 @@ pub fn run(args: &RemoteArgs) -> Outcome {
         Command::Ping => (Method::Get, "vmm.ping"),
         Command::Info => (Method::Get, "vm.info"),
         Command::Counters => (Method::Get, "vm.counters"),
+        Command::BalloonStats => (Method::Get, "vm.balloon-stats"),
         Command::Shutdown => (Method::Put, "vm.shutdown"),
         Command::Pause => (Method::Put, "vm.pause"),
         Command::Resume => (Method::Put, "vm.resume"),
@@ -281,22 +327,30 @@ pub fn run(args: &RemoteArgs) -> Outcome {
             );
             (Method::Put, "vm.receive-migration")
         }
-        Command::Resize { memory, .. } => match arch::parse_size(memory) {
-            Ok(bytes) => {
-                body = Some(
-                    serde_json::json!({ "desired_ram": bytes })
-                        .to_string()
-                        .into_bytes(),
-                );
-                (Method::Put, "vm.resize")
-            }
-            Err(e) => {
-                return Outcome {
-                    text: format!("caravel-remote: --memory: {e}"),
-                    status: 2,
+        Command::Resize {
+            memory, balloon, ..
+        } => {
+            let mut req = serde_json::Map::new();
+            for (flag, key, v) in [
+                ("--memory", "desired_ram", memory),
+                ("--balloon", "desired_balloon", balloon),
+            ] {
+                let Some(v) = v else { continue };
+                match arch::parse_size(v) {
+                    Ok(bytes) => {
+                        req.insert(key.into(), bytes.into());
+                    }
+                    Err(e) => {
+                        return Outcome {
+                            text: format!("caravel-remote: {flag}: {e}"),
+                            status: 2,
+                        }
+                    }
                 }
             }
-        },
+            body = Some(serde_json::Value::Object(req).to_string().into_bytes());
+            (Method::Put, "vm.resize")
+        }
     };
     let path = format!("{}{endpoint}", api::API_PREFIX);
     // Progress lines while a migration is sent, on a terminal.

@@ -59,6 +59,8 @@ pub struct ApiShared {
     pub migration: Option<api::types::MigrationInfo>,
     /// The running VM's network cards' counters (`vm.counters`), by name.
     pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
+    /// The running VM's virtio-balloon device.
+    pub balloon: Option<virtio::balloon::BalloonHandle>,
 }
 
 impl ApiShared {
@@ -95,9 +97,21 @@ impl ApiShared {
                 driver_active: i.driver_active,
             }
         });
+        let balloon = self.balloon.as_ref().map(|b| {
+            let i = b.info();
+            api::types::BalloonInfo {
+                size: i.target,
+                actual: i.actual,
+                deflate_on_oom: i.options.deflate_on_oom,
+                free_page_reporting: i.options.free_page_reporting,
+                stats_interval: i.options.stats_interval.as_secs(),
+                driver_active: i.driver_active,
+            }
+        });
         api::types::MemoryInfo {
             boot_size: self.boot_size,
             hotplug,
+            balloon,
         }
     }
 }
@@ -116,10 +130,12 @@ pub enum ApiCommand {
         /// `file:///DIR`.
         destination_url: String,
     },
-    /// Set total guest RAM (`vm.resize`).
+    /// Set total guest RAM and/or the balloon's size (`vm.resize`).
     Resize {
         /// Boot RAM plus hotplugged memory, in bytes.
-        desired_ram: u64,
+        desired_ram: Option<u64>,
+        /// Bytes the balloon should hold.
+        desired_balloon: Option<u64>,
     },
     /// Live-migrate the VM to another Caravel (`vm.send-migration`).
     SendMigration(crate::migration::send::SendOptions),
@@ -413,12 +429,59 @@ fn send_migration(ctx: &ServerContext, body: &[u8]) -> Response {
     )
 }
 
+/// `vm.balloon-stats`: the balloon's sizes and the guest's latest memory
+/// statistics, in Firecracker's shape.
+fn balloon_stats(ctx: &ServerContext) -> Response {
+    let balloon = ctx
+        .shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .balloon
+        .clone();
+    let Some(b) = balloon else {
+        return Response::error(
+            400,
+            "the VM has no balloon (start it with --balloon size=SIZE,stats_interval=SECONDS)",
+        );
+    };
+    let info = b.info();
+    if info.options.stats_interval.is_zero() {
+        return Response::error(
+            400,
+            "the balloon has no statistics: start the VM with --balloon ...,stats_interval=SECONDS",
+        );
+    }
+    let Some((guest, age)) = b.stats() else {
+        return Response::error(
+            503,
+            "no statistics from the guest yet (its balloon driver has not sent any)",
+        );
+    };
+    let guest = match serde_json::to_value(guest) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_u64().map(|v| (k, v)))
+            .collect(),
+        _ => Default::default(),
+    };
+    let page = virtio::balloon::PAGE_SIZE;
+    json(&api::types::BalloonStats {
+        target_pages: info.target / page,
+        actual_pages: info.actual / page,
+        target_mib: info.target >> 20,
+        actual_mib: info.actual >> 20,
+        age_ms: age.as_millis() as u64,
+        guest,
+    })
+}
+
 /// Known endpoints and the method each accepts (`docs/api.yaml` lists the
 /// same; a test compares them).
 pub const ENDPOINTS: &[(&str, Method)] = &[
     ("vmm.ping", Method::Get),
     ("vm.info", Method::Get),
     ("vm.counters", Method::Get),
+    ("vm.balloon-stats", Method::Get),
     ("vm.shutdown", Method::Put),
     ("vm.pause", Method::Put),
     ("vm.resume", Method::Put),
@@ -463,13 +526,14 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         "vm.counters" => {
             // Cloud Hypervisor's shape: {group: {counter: value}}; the group
             // here is "kvm", KVM's vCPU statistics summed over vCPUs.
-            let (stats, dropped, nets, buses) = {
+            let (stats, dropped, nets, buses, balloon) = {
                 let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
                 (
                     s.kvm_stats.clone(),
                     s.output_dropped.clone(),
                     s.net_counters.clone(),
                     s.bus_counts.clone(),
+                    s.balloon.clone(),
                 )
             };
             let mut counters = api::types::VmCounters::new();
@@ -499,6 +563,24 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
                     .collect(),
                 );
             }
+            if let Some(b) = balloon {
+                let c = b.counters();
+                counters.insert(
+                    "balloon".into(),
+                    [
+                        ("inflated_pages", c.inflated_pages.get()),
+                        ("deflated_pages", c.deflated_pages.get()),
+                        ("refused_pages", c.refused_pages.get()),
+                        ("reported_bytes", c.reported_bytes.get()),
+                        ("refused_report_bytes", c.refused_report_bytes.get()),
+                        ("stats_updates", c.stats_updates.get()),
+                        ("bad_buffers", c.bad_buffers.get()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                );
+            }
             for (name, c) in nets {
                 counters.insert(
                     name,
@@ -518,6 +600,7 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
             }
             json(&counters)
         }
+        "vm.balloon-stats" => balloon_stats(ctx),
         "vm.pause"
         | "vm.resume"
         | "vm.resize"
@@ -573,17 +656,25 @@ fn route(req: &Request, ctx: &ServerContext) -> Response {
         {
             Err(e) => Response::error(
                 400,
-                &format!("vm.resize body: {e} (expected {{\"desired_ram\": BYTES}})"),
+                &format!(
+                    "vm.resize body: {e} (expected {{\"desired_ram\": BYTES}} and/or {{\"desired_balloon\": BYTES}})"
+                ),
             ),
-            Ok(r) if r.desired_vcpus.is_some() || r.desired_balloon.is_some() => Response::error(
-                400,
-                "only desired_ram can be resized (no vCPU hotplug or balloon in Caravel)",
-            ),
+            Ok(r) if r.desired_vcpus.is_some() => {
+                Response::error(400, "desired_vcpus: Caravel has no vCPU hotplug")
+            }
             Ok(api::types::VmResizeRequest {
-                desired_ram: Some(desired_ram),
+                desired_ram: None,
+                desired_balloon: None,
                 ..
-            }) => send_command(ctx, ApiCommand::Resize { desired_ram }),
-            Ok(_) => Response::error(400, "vm.resize needs desired_ram"),
+            }) => Response::error(400, "vm.resize needs desired_ram or desired_balloon"),
+            Ok(r) => send_command(
+                ctx,
+                ApiCommand::Resize {
+                    desired_ram: r.desired_ram,
+                    desired_balloon: r.desired_balloon,
+                },
+            ),
         },
         _ => Response::error(404, "unknown endpoint"),
     }
@@ -605,6 +696,7 @@ mod tests {
             output_dropped: None,
             migration: None,
             net_counters: Vec::new(),
+            balloon: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))

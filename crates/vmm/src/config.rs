@@ -30,6 +30,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// A virtio-balloon device.
+    pub balloon: Option<BalloonConfig>,
     /// Control API socket.
     pub api_socket: Option<PathBuf>,
     /// Event log file (JSON lines with timestamps).
@@ -147,6 +149,34 @@ pub struct VsockConfig {
     pub socket: PathBuf,
     /// Name in `vm.info` and logs.
     pub id: Option<String>,
+}
+
+/// `--balloon`: a virtio-balloon device (Cloud Hypervisor's names; the
+/// statistics interval is Firecracker's `stats_polling_interval_s`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Deserialize)]
+pub struct BalloonConfig {
+    /// Bytes asked back from the guest at boot (changed at run time with
+    /// `vm.resize`'s `desired_balloon`).
+    pub size: u64,
+    /// The guest deflates the balloon instead of OOM-killing.
+    pub deflate_on_oom: bool,
+    /// The guest reports free pages, which the host discards.
+    pub free_page_reporting: bool,
+    /// Seconds between requests for the guest's memory statistics; 0: no
+    /// statistics.
+    #[serde(default)]
+    pub stats_interval: u64,
+}
+
+impl BalloonConfig {
+    /// The device's options.
+    pub fn options(&self) -> virtio::balloon::BalloonOptions {
+        virtio::balloon::BalloonOptions {
+            deflate_on_oom: self.deflate_on_oom,
+            free_page_reporting: self.free_page_reporting,
+            stats_interval: std::time::Duration::from_secs(self.stats_interval),
+        }
+    }
 }
 
 /// `--net`: a virtio-net device on a host TAP (Cloud Hypervisor's names).
@@ -314,6 +344,7 @@ impl VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: false,
+            balloon: None,
             api_socket: None,
             event_monitor: None,
             no_reboot: false,

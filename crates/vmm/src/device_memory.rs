@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use virtio::balloon::Refusal;
 use virtio::{DeviceMemory, DeviceRam};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
@@ -92,6 +93,34 @@ impl DeviceMemoryView {
     /// `[offset, offset + len)` of the hotplug region is about to be unplugged.
     pub fn unplug(&self, offset: u64, len: u64) -> std::result::Result<(), String> {
         self.update(|runs| remove(runs, offset, len))
+    }
+
+    /// Returns guest-physical `[gpa, gpa + len)` to the host (the
+    /// balloon): it must lie in one boot RAM region or in one plugged run of
+    /// the hotplug region. The plugged runs stay locked while the memory is
+    /// discarded, so a concurrent unplug or plug cannot slip in between.
+    pub fn discard(&self, gpa: u64, len: u64) -> std::result::Result<(), Refusal> {
+        let end = gpa.checked_add(len).ok_or(Refusal::NotRam)?;
+        let failed = |e: std::io::Error| Refusal::Failed(e.to_string());
+        if let Some((base, m)) = self
+            .boot
+            .iter()
+            .find(|(base, m)| gpa >= *base && end <= base + m.len() as u64)
+        {
+            return m.discard(gpa - base, len).map_err(failed);
+        }
+        let Some((base, m)) = &self.hotplug else {
+            return Err(Refusal::NotRam);
+        };
+        if gpa < *base || end > base + m.len() as u64 {
+            return Err(Refusal::NotRam);
+        }
+        let offset = gpa - base;
+        let plugged = self.plugged.lock().unwrap_or_else(|e| e.into_inner());
+        match plugged.range(..=offset).next_back() {
+            Some((&o, &l)) if offset + len <= o + l => m.discard(offset, len).map_err(failed),
+            _ => Err(Refusal::Unplugged),
+        }
     }
 
     fn update(
@@ -183,6 +212,44 @@ mod tests {
             crate::memory::Backing::Anonymous,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_balloon_discards_boot_ram_and_plugged_blocks_only() {
+        let ram = ram();
+        let view = DeviceMemoryView::new(&ram, Some(HP)).unwrap();
+        let put = |gpa: u64| {
+            ram.memory
+                .write_slice(b"guest!!!", GuestAddress(gpa))
+                .unwrap()
+        };
+        let get = |gpa: u64| {
+            let mut b = [0u8; 8];
+            ram.memory.read_slice(&mut b, GuestAddress(gpa)).unwrap();
+            b
+        };
+        put(MIB);
+        view.discard(MIB, 4096).unwrap();
+        assert_eq!(get(MIB), [0; 8], "discarded boot RAM reads back as zeros");
+        view.plug(2 * MIB, 2 * MIB).unwrap();
+        put(HP + 2 * MIB);
+        put(HP + 6 * MIB);
+        view.discard(HP + 2 * MIB, 4096).unwrap();
+        assert_eq!(get(HP + 2 * MIB), [0; 8]);
+        // Unplugged, straddling the plugged run's end, outside RAM, wrapping.
+        assert_eq!(view.discard(HP + 6 * MIB, 4096), Err(Refusal::Unplugged));
+        assert_eq!(
+            view.discard(HP + 4 * MIB - 4096, 8192),
+            Err(Refusal::Unplugged)
+        );
+        assert_eq!(
+            get(HP + 6 * MIB),
+            *b"guest!!!",
+            "refused pages keep their contents"
+        );
+        assert_eq!(view.discard(4 * MIB - 4096, 8192), Err(Refusal::NotRam));
+        assert_eq!(view.discard(HP + 64 * MIB, 4096), Err(Refusal::NotRam));
+        assert_eq!(view.discard(u64::MAX - 4095, 8192), Err(Refusal::NotRam));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub struct Vm {
     mmio: Arc<Bus>,
     pci: PciSegment,
     mem_device: Option<MemHandle>,
+    balloon: Option<virtio::balloon::BalloonHandle>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_input_wanted: Arc<EventFd>,
     exit: Arc<ExitSignal>,
@@ -232,6 +233,12 @@ impl Vm {
             _ => None,
         };
 
+        let balloon = cfg
+            .balloon
+            .as_ref()
+            .map(|b| crate::balloon::add_balloon_device(b, &mut pci, &view, &dma_targets))
+            .transpose()?;
+
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
         vm_devices::add_vfio_devices(
             cfg,
@@ -268,6 +275,7 @@ impl Vm {
             mmio,
             pci,
             mem_device,
+            balloon,
             serial,
             serial_input_wanted,
             exit,
@@ -325,6 +333,11 @@ impl Vm {
     /// The virtio-mem device, if the VM has a hotplug region.
     pub fn memory_device(&self) -> Option<&MemHandle> {
         self.mem_device.as_ref()
+    }
+
+    /// The virtio-balloon device, if the VM has one.
+    pub fn balloon(&self) -> Option<&virtio::balloon::BalloonHandle> {
+        self.balloon.as_ref()
     }
 
     /// The PCI devices: `(name, PCI address)`.

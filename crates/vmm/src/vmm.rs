@@ -29,6 +29,16 @@ const TOKEN_SERIAL_WANTED: u64 = 3;
 const TOKEN_API: u64 = 4;
 const TOKEN_SIGNAL: u64 = 5;
 
+/// The sizes the last `vm.resize` asked for, kept for the VM a guest
+/// reboot builds.
+#[derive(Debug, Clone, Copy, Default)]
+struct ResizeTargets {
+    /// virtio-mem's requested size.
+    hotplug: Option<u64>,
+    /// The balloon's size.
+    balloon: Option<u64>,
+}
+
 /// Raw fd of the eventfd that termination signals write to (-1: none).
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -190,6 +200,7 @@ impl Vmm {
             output_dropped: None,
             migration: None,
             net_counters: Vec::new(),
+            balloon: None,
         }));
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
@@ -238,10 +249,13 @@ impl Vmm {
         }
         let cfg = &self.config;
         // The last vm.resize, carried across guest reboots.
-        let mut hotplug_requested: Option<u64> = match (&restore, &arrived) {
-            (Some(r), _) => r.snapshot.vm.memory_device().map(|m| m.requested_size),
-            (None, Some(vm)) => vm.vm().memory_device().map(|m| m.info().requested_size),
-            (None, None) => None,
+        let mut targets = ResizeTargets {
+            hotplug: match (&restore, &arrived) {
+                (Some(r), _) => r.snapshot.vm.memory_device().map(|m| m.requested_size),
+                (None, Some(vm)) => vm.vm().memory_device().map(|m| m.info().requested_size),
+                (None, None) => None,
+            },
+            balloon: None,
         };
 
         loop {
@@ -277,9 +291,14 @@ impl Vmm {
                                 Guest::Paused(vm)
                             }
                         }
-                        None => Guest::Running(
-                            Vm::new(cfg, out, events.clone(), hotplug_requested)?.start()?,
-                        ),
+                        None => {
+                            let vm = Vm::new(cfg, out, events.clone(), targets.hotplug)?;
+                            if let (Some(b), Some(size)) = (vm.balloon(), targets.balloon) {
+                                // Checked when it was asked for.
+                                let _ = b.set_target(size);
+                            }
+                            Guest::Running(vm.start()?)
+                        }
                     }
                 }
             };
@@ -297,6 +316,7 @@ impl Vmm {
                 s.boot_count += 1;
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
+                s.balloon = vm.balloon().cloned();
                 s.kvm_stats = Some(vm.kvm_stats());
                 s.bus_counts = Some(vm.bus_counts());
                 s.net_counters = vm.net_counters();
@@ -305,16 +325,12 @@ impl Vmm {
                 "booting",
                 Some(serde_json::json!({"boot": shared.lock().map(|s| s.boot_count).unwrap_or(0)})),
             );
-            let reason = self.event_loop(
-                guest,
-                api_commands.as_ref(),
-                &mut hotplug_requested,
-                &shared,
-            )?;
+            let reason = self.event_loop(guest, api_commands.as_ref(), &mut targets, &shared)?;
             {
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.state = VmState::Created;
                 s.memory_device = None;
+                s.balloon = None;
                 s.kvm_stats = None;
                 s.bus_counts = None;
                 s.net_counters.clear();
@@ -508,10 +524,70 @@ impl Vmm {
         }
     }
 
-    /// Checks a `vm.resize` and applies it to the VM (running or paused).
-    fn resize(&self, vm: &Vm, desired_ram: u64) -> std::result::Result<u64, String> {
+    /// Checks a `vm.resize` (both parts before either is applied) and
+    /// applies it to the VM (running or paused), remembering the sizes in
+    /// `targets` for the next boot.
+    fn resize(
+        &self,
+        vm: &Vm,
+        desired_ram: Option<u64>,
+        desired_balloon: Option<u64>,
+        targets: &mut ResizeTargets,
+    ) -> std::result::Result<(), String> {
+        let requested = desired_ram
+            .map(|r| self.check_ram_resize(vm, r))
+            .transpose()?;
+        let balloon = desired_balloon
+            .map(|b| self.check_balloon_resize(vm, b))
+            .transpose()?;
+        if let (Some(requested), Some(dev)) = (requested, vm.memory_device()) {
+            dev.set_requested(requested);
+            targets.hotplug = Some(requested);
+            if let Some(ev) = vm.events() {
+                ev.emit(
+                    "memory",
+                    "resize",
+                    Some(serde_json::json!({ "requested_size": requested })),
+                );
+            }
+        }
+        if let (Some(size), Some(b)) = (balloon, vm.balloon()) {
+            b.set_target(size)?;
+            targets.balloon = Some(size);
+            if let Some(ev) = vm.events() {
+                ev.emit(
+                    "balloon",
+                    "resize",
+                    Some(serde_json::json!({ "size": size })),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `desired_balloon` against the VM: it needs a balloon, and
+    /// the balloon must be smaller than the guest's memory.
+    fn check_balloon_resize(&self, vm: &Vm, size: u64) -> std::result::Result<u64, String> {
+        if vm.balloon().is_none() {
+            return Err("this VM has no balloon (start it with --balloon size=SIZE)".into());
+        }
         let cfg = &self.config.memory;
-        let (Some(h), Some(dev)) = (cfg.hotplug, vm.memory_device()) else {
+        let total = cfg.size + cfg.hotplug.map_or(0, |h| h.hotplug_size);
+        if size >= total {
+            return Err(format!(
+                "desired_balloon {} is not less than the guest's memory ({})",
+                arch::format_size(size),
+                arch::format_size(total)
+            ));
+        }
+        Ok(size)
+    }
+
+    /// Checks `desired_ram` against the VM; returns the hotplug bytes to
+    /// request.
+    fn check_ram_resize(&self, vm: &Vm, desired_ram: u64) -> std::result::Result<u64, String> {
+        let cfg = &self.config.memory;
+        let (Some(h), Some(_)) = (cfg.hotplug, vm.memory_device()) else {
             return Err(
                 "this VM has no hotplug memory (start it with --memory size=..,hotplug_size=SIZE)"
                     .into(),
@@ -533,7 +609,6 @@ impl Vmm {
                 fmt(h.block_size)
             ));
         }
-        dev.set_requested(requested);
         Ok(requested)
     }
 
@@ -574,7 +649,7 @@ impl Vmm {
         &self,
         mut guest: Guest,
         api: Option<&ApiCommands>,
-        hotplug_requested: &mut Option<u64>,
+        targets: &mut ResizeTargets,
         shared: &Mutex<ApiShared>,
     ) -> Result<ExitReason> {
         let set_state = |state: VmState| {
@@ -710,15 +785,17 @@ impl Vmm {
                                     ApiCommand::Snapshot { destination_url } => {
                                         let _ = reply.send(self.snapshot(&guest, &destination_url));
                                     }
-                                    ApiCommand::Resize { desired_ram } => {
-                                        let r = match self.resize(guest.vm(), desired_ram) {
-                                            Ok(requested) => {
-                                                *hotplug_requested = Some(requested);
-                                                if let Some(ev) = &guest.vm().events() {
-                                                    ev.emit("memory", "resize", Some(serde_json::json!({ "requested_size": requested })));
-                                                }
-                                                Response::no_content()
-                                            }
+                                    ApiCommand::Resize {
+                                        desired_ram,
+                                        desired_balloon,
+                                    } => {
+                                        let r = match self.resize(
+                                            guest.vm(),
+                                            desired_ram,
+                                            desired_balloon,
+                                            targets,
+                                        ) {
+                                            Ok(()) => Response::no_content(),
                                             Err(msg) => Response::error(400, &msg),
                                         };
                                         let _ = reply.send(r);

@@ -55,6 +55,9 @@ pub struct SavedConfig {
     /// guest's connections end; it is told its transport was reset).
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// The virtio-balloon device (its sizes are in the device state).
+    #[serde(default)]
+    pub balloon: Option<crate::config::BalloonConfig>,
 }
 
 impl SavedConfig {
@@ -89,6 +92,7 @@ impl SavedConfig {
                 })
                 .collect(),
             vsock: cfg.vsock.clone(),
+            balloon: cfg.balloon,
         }
     }
 
@@ -126,6 +130,7 @@ impl SavedConfig {
         cfg.rng = self.rng;
         cfg.net = self.net.clone();
         cfg.vsock = self.vsock.clone();
+        cfg.balloon = self.balloon;
         cfg.console = match (self.console, &host.console) {
             (false, _) => ConsoleConfig::Off,
             (true, ConsoleConfig::Off) => ConsoleConfig::File("/dev/null".into()),
