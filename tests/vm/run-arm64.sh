@@ -24,7 +24,7 @@ BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" aarch64 | tail -n1)
 A=$("$RIG_DIR/fetch-arm64.sh" | tail -n1)
-INITRD=$(BUSYBOX=$A/busybox "$RIG_DIR/build-initramfs.sh" "$BIN/caravel-netbench" "$BIN/caravel-vsock" | tail -n1)
+INITRD=$(BUSYBOX=$A/busybox "$RIG_DIR/build-initramfs.sh" "$BIN/caravel-netbench" "$BIN/caravel-vsock" "$BIN/caravel-memhog" | tail -n1)
 ITS_GUEST=$("$RIG_DIR/build-guest-its.sh" | tail -n1)
 
 ROOT=$(mktemp -d)

@@ -55,7 +55,7 @@ log "building static caravel binaries"
 BIN=$REPO_DIR/target/$TARGET/release
 
 KDIR=$("$RIG_DIR/build-kernel.sh" x86_64 | tail -n1)
-INITRD=$("$RIG_DIR/build-initramfs.sh" "$BIN/caravel-blkbench" "$BIN/caravel-netbench" "$BIN/caravel-vsock" | tail -n1)
+INITRD=$("$RIG_DIR/build-initramfs.sh" "$BIN/caravel-blkbench" "$BIN/caravel-netbench" "$BIN/caravel-vsock" "$BIN/caravel-memhog" | tail -n1)
 L1=$("$RIG_DIR/fetch-l1-kernel.sh" | tail -n1)
 
 ROOT=$(mktemp -d)

@@ -10,6 +10,7 @@
 
 mod arm64_its_guest;
 mod arm64_scenarios;
+mod balloon_scenarios;
 mod bench;
 #[cfg(target_arch = "aarch64")]
 mod capture;

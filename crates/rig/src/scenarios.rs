@@ -77,6 +77,14 @@ pub const ALL: &[Scenario] = &[
         run: crate::mem_scenarios::no_driver,
     },
     Scenario {
+        name: "virtio-balloon-inflate-deflate-oom",
+        run: crate::balloon_scenarios::inflate_deflate_oom,
+    },
+    Scenario {
+        name: "virtio-balloon-free-page-reporting",
+        run: crate::balloon_scenarios::free_page_reporting,
+    },
+    Scenario {
         name: "seccomp-filters-on-every-thread",
         run: crate::robust_scenarios::seccomp_on_every_thread,
     },
