@@ -130,6 +130,11 @@ pub struct MemoryInfo {
     /// The virtio-balloon device, if configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonInfo>,
+    /// The memory autopilot (`autosize=on`): `min`, `max`, `headroom`,
+    /// `target` (total RAM asked for now), `last` (the last decision:
+    /// `requested`, `total`, `used`, `reason`), `last_ms_ago`, `samples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autosize: Option<serde_json::Value>,
 }
 
 /// The virtio-balloon device's state in `vm.info`.

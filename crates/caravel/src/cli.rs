@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use vmm::config::{
-    BalloonConfig, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig, HotplugConfig,
-    LinuxPayload, MacAddr, MemoryConfig, NetConfig, Payload, VmConfig, VsockConfig,
+    AutosizeConfig, BalloonConfig, ConsoleConfig, CpusConfig, DeviceConfig, DiskConfig,
+    HotplugConfig, LinuxPayload, MacAddr, MemoryConfig, NetConfig, Payload, VmConfig, VsockConfig,
 };
 use vmm::seccomp::SeccompMode;
 
@@ -253,6 +253,70 @@ const SLOT: u64 = 128 << 20;
 /// Smallest virtio-mem block.
 const MIN_BLOCK: u64 = 2 << 20;
 
+/// Most headroom the autopilot takes, in percent.
+const MAX_HEADROOM: u64 = 400;
+/// The autopilot's default headroom, in percent.
+const DEFAULT_HEADROOM: u64 = 20;
+
+/// The autopilot part of `--memory`, for `size` bytes of boot RAM.
+fn parse_autosize(
+    kv: &KeyValues,
+    size: u64,
+    hotplug: Option<&HotplugConfig>,
+) -> Result<Option<AutosizeConfig>, OptionError> {
+    let flag = "--memory";
+    let fmt = arch::format_size;
+    if !kv.toggle("autosize")?.unwrap_or(false) {
+        for k in ["min", "max", "headroom"] {
+            if kv.get(k).is_some() {
+                return Err(OptionError::new(flag, format!("{k}= needs autosize=on")));
+            }
+        }
+        return Ok(None);
+    }
+    let Some(h) = hotplug else {
+        return Err(OptionError::new(
+            flag,
+            "autosize=on sizes the virtio-mem region: add hotplug_size=SIZE",
+        ));
+    };
+    let top = size + h.hotplug_size;
+    let min = kv.size("min")?.unwrap_or(size);
+    let max = kv.size("max")?.unwrap_or(top);
+    if min < size || min > top {
+        return Err(OptionError::new(
+            flag,
+            format!(
+                "min={} must be between size ({}) and size + hotplug_size ({})",
+                fmt(min),
+                fmt(size),
+                fmt(top)
+            ),
+        ));
+    }
+    if max < min || max > top {
+        return Err(OptionError::new(
+            flag,
+            format!(
+                "max={} must be between min ({}) and size + hotplug_size ({})",
+                fmt(max),
+                fmt(min),
+                fmt(top)
+            ),
+        ));
+    }
+    let headroom = kv.number::<u64>("headroom")?.unwrap_or(DEFAULT_HEADROOM);
+    if headroom > MAX_HEADROOM {
+        return Err(OptionError::new(
+            flag,
+            format!(
+                "headroom={headroom} is more than {MAX_HEADROOM} (percent of the memory in use)"
+            ),
+        ));
+    }
+    Ok(Some(AutosizeConfig { min, max, headroom }))
+}
+
 /// Parses `--memory`.
 pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
     let flag = "--memory";
@@ -267,6 +331,10 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
             "block_size",
             "shared",
             "hugepages",
+            "autosize",
+            "min",
+            "max",
+            "headroom",
         ],
         None,
     )?;
@@ -348,11 +416,13 @@ pub fn parse_memory(s: &str) -> Result<MemoryConfig, OptionError> {
             })
         }
     };
+    let autosize = parse_autosize(&kv, size, hotplug.as_ref())?;
     Ok(MemoryConfig {
         size,
         shared: kv.toggle("shared")?.unwrap_or(false),
         hugepages,
         hotplug,
+        autosize,
     })
 }
 
@@ -816,6 +886,19 @@ impl Args {
             return Err(OptionError::new("--console", "tty is already taken by --serial; use --serial off (or file=PATH) with --console tty"));
         }
         let memory = parse_memory(&self.memory)?;
+        let balloon = self
+            .balloon
+            .as_deref()
+            .map(|b| parse_balloon(b, &memory))
+            .transpose()?;
+        if memory.autosize.is_some() && balloon.is_none_or(|b| b.stats_interval == 0) {
+            return Err(OptionError::new(
+                "--memory",
+                "autosize=on steers by the guest's memory statistics: add --balloon \
+                 size=0,stats_interval=1 (with free_page_reporting=on the free memory \
+                 in between goes back to the host too)",
+            ));
+        }
         Ok(VmConfig {
             cpus: parse_cpus(&self.cpus)?,
             memory,
@@ -843,11 +926,7 @@ impl Args {
                 .collect::<Result<_, _>>()?,
             vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
             rng: self.rng,
-            balloon: self
-                .balloon
-                .as_deref()
-                .map(|b| parse_balloon(b, &memory))
-                .transpose()?,
+            balloon,
             api_socket: self
                 .api_socket
                 .as_deref()
@@ -1091,6 +1170,74 @@ mod tests {
                 .starts_with("--disk: id= is at most 20 bytes")
         );
         assert!(err(&["--disk", "readonly=on"]).starts_with("--disk: path=PATH is required"));
+    }
+
+    #[test]
+    fn autosize_takes_bounds_and_needs_a_region_and_balloon_statistics() {
+        let b = ["--balloon", "size=0,stats_interval=1"];
+        let mem = |m: &str| {
+            let mut v = vec!["--memory", m];
+            v.extend_from_slice(&b);
+            v.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let ok = |m: &str| {
+            let a = mem(m);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            args(&a).unwrap().to_config().unwrap().memory.autosize
+        };
+        assert_eq!(
+            ok("size=256M,hotplug_size=1G,autosize=on"),
+            Some(AutosizeConfig {
+                min: 256 << 20,
+                max: 1280 << 20,
+                headroom: 20
+            })
+        );
+        assert_eq!(
+            ok("size=256M,hotplug_size=1G,autosize=on,min=512M,max=1G,headroom=50"),
+            Some(AutosizeConfig {
+                min: 512 << 20,
+                max: 1 << 30,
+                headroom: 50
+            })
+        );
+        assert_eq!(ok("size=256M,hotplug_size=1G"), None);
+        for (m, want) in [
+            (
+                "size=256M,autosize=on",
+                "--memory: autosize=on sizes the virtio-mem region",
+            ),
+            (
+                "size=256M,hotplug_size=1G,min=512M",
+                "--memory: min= needs autosize=on",
+            ),
+            (
+                "size=256M,hotplug_size=1G,autosize=on,min=128M",
+                "--memory: min=128M must be between",
+            ),
+            (
+                "size=256M,hotplug_size=1G,autosize=on,max=2G",
+                "--memory: max=2G must be between",
+            ),
+            (
+                "size=256M,hotplug_size=1G,autosize=on,min=1G,max=512M",
+                "--memory: max=512M must be between",
+            ),
+            (
+                "size=256M,hotplug_size=1G,autosize=on,headroom=500",
+                "--memory: headroom=500 is more",
+            ),
+        ] {
+            let a = mem(m);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let e = err(&a);
+            assert!(e.starts_with(want), "{m}: {e}");
+        }
+        for extra in [&[][..], &["--balloon", "size=0"][..]] {
+            let mut a = vec!["--memory", "size=256M,hotplug_size=1G,autosize=on"];
+            a.extend_from_slice(extra);
+            assert!(err(&a).contains("add --balloon size=0,stats_interval=1"));
+        }
     }
 
     #[test]

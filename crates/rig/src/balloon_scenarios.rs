@@ -21,7 +21,11 @@ pub fn start(
     balloon: &str,
     cmdline_extra: &str,
 ) -> Result<(Session, String), String> {
-    let sock = env.tmp.join(format!("rig-{tag}.sock")).display().to_string();
+    let sock = env
+        .tmp
+        .join(format!("rig-{tag}.sock"))
+        .display()
+        .to_string();
     let _ = std::fs::remove_file(&sock);
     let args: Vec<String> = [
         "--kernel",
@@ -194,7 +198,9 @@ pub fn inflate_deflate_oom(env: &Env) -> Result<String, String> {
     let kills1 = oom_kills(&mut s)?;
     let info: serde_json::Value =
         serde_json::from_str(&remote(env, &sock, "info")?).map_err(|e| e.to_string())?;
-    let actual = info["memory"]["balloon"]["actual"].as_u64().unwrap_or(u64::MAX);
+    let actual = info["memory"]["balloon"]["actual"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
     if kills1 != kills0 || actual >= 300 * MIB {
         return Err(format!(
             "allocating past the balloon: oom_kill {kills0} -> {kills1}, balloon actual {} MiB",
@@ -212,14 +218,18 @@ pub fn inflate_deflate_oom(env: &Env) -> Result<String, String> {
 /// Free page reporting: the guest touches 512 MiB and frees it; host RSS
 /// falls back without any resize. Returns the time it took.
 pub fn free_page_reporting(env: &Env) -> Result<String, String> {
-    let (mut s, sock) = start(env, "balloon-fpr", "size=1G", "size=0,free_page_reporting=on", "")?;
+    let (mut s, sock) = start(
+        env,
+        "balloon-fpr",
+        "size=1G",
+        "size=0,free_page_reporting=on",
+        "",
+    )?;
     let rss0 = rss(s.pid());
     touch_and_free(&mut s, 512)?;
     let freed_at = Instant::now();
     let rss_peak = rss(s.pid());
-    let back = wait_for(Duration::from_secs(20), || {
-        rss(s.pid()) < rss0 + 64 * MIB
-    });
+    let back = wait_for(Duration::from_secs(20), || rss(s.pid()) < rss0 + 64 * MIB);
     let rss1 = rss(s.pid());
     let reported = balloon_counter(env, &sock, "reported_bytes")?;
     let Some(_) = back else {
@@ -244,4 +254,169 @@ pub fn free_page_reporting(env: &Env) -> Result<String, String> {
         took.as_secs_f64(),
         reported / MIB
     ))
+}
+
+/// The working-set ramp both the autopilot scenario and its benchmark
+/// run: 256 MiB, up to 1 GiB, back to 256 MiB (`caravel-memhog ramp`).
+pub const RAMP: &str = "caravel-memhog ramp 32 500 256:6 1024:12 256:30";
+
+/// One second of a ramp: time, the guest's working set (MiB, from its
+/// last `MEMHOG` line), host RSS and the plugged size (MiB).
+#[derive(Debug, Clone, Copy)]
+pub struct RampPoint {
+    /// Seconds since the ramp started.
+    pub t: f64,
+    /// The guest's working set, MiB.
+    pub ws: u64,
+    /// Caravel's RSS, MiB.
+    pub rss: u64,
+    /// virtio-mem plugged size, MiB (0 without a region).
+    pub plugged: u64,
+}
+
+/// Starts [`RAMP`] in the guest and samples once a second until it is
+/// done; `plugged` reads the plugged size.
+pub fn run_ramp(
+    s: &mut Session,
+    mut plugged: impl FnMut() -> u64,
+) -> Result<Vec<RampPoint>, String> {
+    s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    s.send(RAMP)?;
+    let start = Instant::now();
+    let mut points = Vec::new();
+    let mut ws = 0;
+    loop {
+        let done = s.expect("MEMHOG done", Duration::from_secs(1)).is_ok();
+        if let Some(w) = s.transcript.iter().rev().find_map(|l| {
+            l.split("ws=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        }) {
+            ws = w;
+        }
+        if s.transcript
+            .iter()
+            .any(|l| l.contains("Killed") || l.contains("mmap failed"))
+        {
+            return Err(format!("the guest's working set was killed\n{}", s.tail()));
+        }
+        points.push(RampPoint {
+            t: start.elapsed().as_secs_f64(),
+            ws,
+            rss: rss(s.pid()) / MIB,
+            plugged: plugged() / MIB,
+        });
+        if done {
+            return Ok(points);
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            return Err(format!("the ramp did not finish in 240 s\n{}", s.tail()));
+        }
+    }
+}
+
+/// The autopilot's arguments: 256 MiB boot, a 1 GiB region it sizes, the
+/// balloon for statistics and free page reporting.
+pub const AUTOSIZE_MEMORY: &str = "size=256M,hotplug_size=1G,autosize=on";
+/// The balloon the autopilot reads.
+pub const AUTOSIZE_BALLOON: &str = "size=0,free_page_reporting=on,stats_interval=1";
+
+/// The plugged size from `vm.info`.
+pub fn plugged_size(env: &Env, sock: &str) -> u64 {
+    remote(env, sock, "info")
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["memory"]["hotplug"]["plugged_size"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The memory autopilot follows a 256 MiB -> 1 GiB -> 256 MiB working set:
+/// it plugs ahead of the guest, which is never OOM-killed, and unplugs
+/// after the set shrinks; every decision is an event and in `vm.info`.
+pub fn autosize_ramp(env: &Env) -> Result<String, String> {
+    let events = env.tmp.join("rig-autosize.events");
+    let _ = std::fs::remove_file(&events);
+    let (mut s, sock) = start_with_events(env, &events)?;
+    let kills0 = oom_kills(&mut s)?;
+    let points = run_ramp(&mut s, || plugged_size(env, &sock))?;
+    let kills1 = oom_kills(&mut s)?;
+    let peak = points.iter().map(|p| p.plugged).max().unwrap_or(0);
+    let end = points.last().copied().ok_or("no samples")?;
+    let trace: Vec<String> = points
+        .iter()
+        .step_by(4)
+        .map(|p| {
+            format!(
+                "{:.0}s ws {} plugged {} rss {}",
+                p.t, p.ws, p.plugged, p.rss
+            )
+        })
+        .collect();
+    if kills1 != kills0 {
+        return Err(format!(
+            "the guest OOM-killed {} time(s): {trace:?}",
+            kills1 - kills0
+        ));
+    }
+    if peak < 768 {
+        return Err(format!(
+            "plugged only {peak} MiB for a 1 GiB working set: {trace:?}"
+        ));
+    }
+    if end.plugged > 256 {
+        return Err(format!(
+            "still {} MiB plugged after the working set went back to 256 MiB: {trace:?}",
+            end.plugged
+        ));
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&remote(env, &sock, "info")?).map_err(|e| e.to_string())?;
+    let auto = &info["memory"]["autosize"];
+    if auto["samples"].as_u64().unwrap_or(0) < 10 || auto["last"]["reason"] != "idle" {
+        return Err(format!("vm.info autosize: {auto}"));
+    }
+    let decisions = std::fs::read_to_string(&events)
+        .map_err(|e| format!("{}: {e}", events.display()))?
+        .lines()
+        .filter(|l| l.contains("\"autosize\""))
+        .count();
+    if decisions < 2 {
+        return Err(format!("{decisions} autosize events"));
+    }
+    poweroff(&mut s)?;
+    Ok(format!(
+        "no OOM kill; plugged peak {peak} MiB, end {} MiB; {decisions} decisions; RSS end {} MiB for ws {} MiB",
+        end.plugged, end.rss, end.ws
+    ))
+}
+
+/// Caravel with the autopilot and an event monitor writing to `events`.
+fn start_with_events(env: &Env, events: &std::path::Path) -> Result<(Session, String), String> {
+    let sock = env.tmp.join("rig-autosize.sock").display().to_string();
+    let _ = std::fs::remove_file(&sock);
+    let args: Vec<String> = [
+        "--kernel",
+        &env.guest("vmlinux"),
+        "--initramfs",
+        &env.guest("initrd.cpio.gz"),
+        "--cmdline",
+        "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive",
+        "--memory",
+        AUTOSIZE_MEMORY,
+        "--balloon",
+        AUTOSIZE_BALLOON,
+        "--api-socket",
+        &format!("path={sock}"),
+        "--event-monitor",
+        &format!("path={}", events.display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut s = Session::spawn(&env.bin("caravel"), &args)?;
+    s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
+    Ok((s, sock))
 }

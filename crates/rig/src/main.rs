@@ -10,6 +10,7 @@
 
 mod arm64_its_guest;
 mod arm64_scenarios;
+mod balloon_bench;
 mod balloon_scenarios;
 mod bench;
 #[cfg(target_arch = "aarch64")]
@@ -83,6 +84,7 @@ fn main() {
     let mut bench_vcpus = 1;
     let mut bench_blk = None;
     let mut bench_mem = false;
+    let mut bench_balloon = false;
     let mut bench_snapshot = false;
     let mut bench_migration = false;
     let mut bench_net = false;
@@ -100,6 +102,7 @@ fn main() {
                 bench_blk = Some(args.next().and_then(|n| n.parse().ok()).unwrap_or(5))
             }
             "--bench-mem" => bench_mem = true,
+            "--bench-balloon" => bench_balloon = true,
             "--bench-snapshot" => bench_snapshot = true,
             "--bench-migration" => bench_migration = true,
             "--bench-net" => bench_net = true,
@@ -143,6 +146,14 @@ fn main() {
     if bench_snapshot {
         let prefix = PREFIX.with(|p| p.borrow().clone());
         if let Err(e) = snapshot_bench::run(&env, &prefix) {
+            println!("{prefix}Bail out! benchmark failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if bench_balloon {
+        let prefix = PREFIX.with(|p| p.borrow().clone());
+        if let Err(e) = balloon_bench::run(&env, &prefix) {
             println!("{prefix}Bail out! benchmark failed: {e}");
             std::process::exit(1);
         }

@@ -85,6 +85,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::balloon_scenarios::free_page_reporting,
     },
     Scenario {
+        name: "memory-autosize-follows-a-ramp",
+        run: crate::balloon_scenarios::autosize_ramp,
+    },
+    Scenario {
         name: "seccomp-filters-on-every-thread",
         run: crate::robust_scenarios::seccomp_on_every_thread,
     },

@@ -61,6 +61,8 @@ pub struct ApiShared {
     pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
     /// The running VM's virtio-balloon device.
     pub balloon: Option<virtio::balloon::BalloonHandle>,
+    /// The running VM's memory autopilot.
+    pub autosize: Option<Arc<crate::autosize::Autopilot>>,
 }
 
 impl ApiShared {
@@ -112,6 +114,10 @@ impl ApiShared {
             boot_size: self.boot_size,
             hotplug,
             balloon,
+            autosize: self
+                .autosize
+                .as_ref()
+                .and_then(|a| serde_json::to_value(a.status()).ok()),
         }
     }
 }
@@ -697,6 +703,7 @@ mod tests {
             migration: None,
             net_counters: Vec::new(),
             balloon: None,
+            autosize: None,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
             devices: vec![],
         }))

@@ -61,6 +61,21 @@ pub struct MemoryConfig {
     /// A virtio-mem hotplug region.
     #[serde(flatten)]
     pub hotplug: Option<HotplugConfig>,
+    /// The memory autopilot (`autosize=on`), sizing the hotplug region
+    /// from the balloon's statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autosize: Option<AutosizeConfig>,
+}
+
+/// `--memory ...,autosize=on[,min=SIZE][,max=SIZE][,headroom=PCT]`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Deserialize)]
+pub struct AutosizeConfig {
+    /// Least total RAM (boot plus plugged).
+    pub min: u64,
+    /// Most total RAM.
+    pub max: u64,
+    /// Slack above the guest's memory in use, in percent of it.
+    pub headroom: u64,
 }
 
 impl MemoryConfig {
@@ -87,6 +102,12 @@ impl MemoryConfig {
                 return Err(format!("a virtio-mem region of {h:?}"));
             }
         }
+        if let Some(a) = &self.autosize {
+            let top = self.size + self.hotplug.map_or(0, |h| h.hotplug_size);
+            if self.hotplug.is_none() || a.min < self.size || a.min > a.max || a.max > top {
+                return Err(format!("an autosize of {a:?}"));
+            }
+        }
         Ok(())
     }
 
@@ -97,6 +118,7 @@ impl MemoryConfig {
             shared: false,
             hugepages: false,
             hotplug: None,
+            autosize: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 pub mod api_server;
+pub mod autosize;
 mod balloon;
 mod coalesced_io;
 pub mod config;

@@ -49,6 +49,8 @@ pub struct Vm {
     pci: PciSegment,
     mem_device: Option<MemHandle>,
     balloon: Option<virtio::balloon::BalloonHandle>,
+    /// The memory autopilot (`autosize=on`), fed by the balloon.
+    autosize: Option<Arc<crate::autosize::Autopilot>>,
     serial: Arc<Mutex<SerialDevice>>,
     serial_input_wanted: Arc<EventFd>,
     exit: Arc<ExitSignal>,
@@ -238,6 +240,28 @@ impl Vm {
             .as_ref()
             .map(|b| crate::balloon::add_balloon_device(b, &mut pci, &view, &dma_targets))
             .transpose()?;
+        let autosize = match (
+            cfg.memory.autosize,
+            cfg.memory.hotplug,
+            &mem_device,
+            &balloon,
+        ) {
+            (Some(a), Some(h), Some(mem), Some(b)) => Some(crate::autosize::Autopilot::start(
+                a,
+                cfg.memory.size,
+                &h,
+                mem.clone(),
+                b,
+                events.clone(),
+            )),
+            (Some(_), ..) => {
+                return Err(Error::config(
+                    "--memory",
+                    "autosize=on needs hotplug_size=SIZE and --balloon ...,stats_interval=N",
+                ))
+            }
+            _ => None,
+        };
 
         let boot_ram_end = hotplug_region.map_or(u64::MAX, |(base, _)| base);
         vm_devices::add_vfio_devices(
@@ -276,6 +300,7 @@ impl Vm {
             pci,
             mem_device,
             balloon,
+            autosize,
             serial,
             serial_input_wanted,
             exit,
@@ -338,6 +363,11 @@ impl Vm {
     /// The virtio-balloon device, if the VM has one.
     pub fn balloon(&self) -> Option<&virtio::balloon::BalloonHandle> {
         self.balloon.as_ref()
+    }
+
+    /// The memory autopilot, if `autosize=on`.
+    pub fn autosize(&self) -> Option<&Arc<crate::autosize::Autopilot>> {
+        self.autosize.as_ref()
     }
 
     /// The PCI devices: `(name, PCI address)`.

@@ -201,6 +201,7 @@ impl Vmm {
             migration: None,
             net_counters: Vec::new(),
             balloon: None,
+            autosize: None,
         }));
         // Declared before the terminal guard so the socket is removed last
         // but the terminal is restored even if the server fails to stop.
@@ -317,6 +318,7 @@ impl Vmm {
                 s.devices = vm.devices();
                 s.memory_device = vm.memory_device().cloned();
                 s.balloon = vm.balloon().cloned();
+                s.autosize = vm.autosize().cloned();
                 s.kvm_stats = Some(vm.kvm_stats());
                 s.bus_counts = Some(vm.bus_counts());
                 s.net_counters = vm.net_counters();
@@ -331,6 +333,7 @@ impl Vmm {
                 s.state = VmState::Created;
                 s.memory_device = None;
                 s.balloon = None;
+                s.autosize = None;
                 s.kvm_stats = None;
                 s.bus_counts = None;
                 s.net_counters.clear();
@@ -586,6 +589,11 @@ impl Vmm {
     /// Checks `desired_ram` against the VM; returns the hotplug bytes to
     /// request.
     fn check_ram_resize(&self, vm: &Vm, desired_ram: u64) -> std::result::Result<u64, String> {
+        if vm.autosize().is_some() {
+            return Err(
+                "the memory autopilot sizes this VM (--memory ...,autosize=on): desired_ram cannot be set by hand".into(),
+            );
+        }
         let cfg = &self.config.memory;
         let (Some(h), Some(_)) = (cfg.hotplug, vm.memory_device()) else {
             return Err(

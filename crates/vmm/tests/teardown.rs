@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use vmm::config::{
-    ConsoleConfig, DiskConfig, HotplugConfig, Payload, RawPayload, VmConfig, VsockConfig,
+    BalloonConfig, ConsoleConfig, DiskConfig, HotplugConfig, Payload, RawPayload, VmConfig,
+    VsockConfig,
 };
 use vmm::Vm;
 
@@ -40,6 +41,13 @@ fn config(dir: &std::path::Path) -> VmConfig {
         block_size: 2 << 20,
     });
     c.rng = true;
+    // With its statistics timer (an fd of its own).
+    c.balloon = Some(BalloonConfig {
+        size: 0,
+        deflate_on_oom: true,
+        free_page_reporting: true,
+        stats_interval: 1,
+    });
     c.vsock = Some(VsockConfig {
         cid: 3,
         socket: dir.join("v.sock"),
@@ -56,9 +64,18 @@ fn config(dir: &std::path::Path) -> VmConfig {
     c
 }
 
-/// Starts virtio-rng as a driver would, so that its worker thread runs.
+/// Starts virtio-rng and virtio-balloon as a driver would, so that their
+/// worker threads run.
 fn activate_rng(vm: &Vm) {
     vmm::test_support::activate_virtio(vm, "virtio-rng", &[(0x20_0000, 0x20_1000, 0x20_2000)]);
+    vmm::test_support::activate_virtio(
+        vm,
+        "virtio-balloon",
+        &[
+            (0x21_0000, 0x21_1000, 0x21_2000),
+            (0x22_0000, 0x22_1000, 0x22_2000),
+        ],
+    );
 }
 
 #[test]
@@ -82,16 +99,19 @@ fn dropping_vms_joins_their_threads_and_closes_their_fds() {
         activate_rng(&vm);
         // The worker names itself once it runs.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !thread_names().iter().any(|n| n == "virtio-rng")
+        let running = |name: &str| thread_names().iter().any(|n| n == name);
+        while !(running("virtio-rng") && running("virtio-balloon"))
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(
-            thread_names().iter().any(|n| n == "virtio-rng"),
-            "round {round}: the virtio-rng worker did not start: {:?}",
-            thread_names()
-        );
+        for name in ["virtio-rng", "virtio-balloon"] {
+            assert!(
+                running(name),
+                "round {round}: the {name} worker did not start: {:?}",
+                thread_names()
+            );
+        }
         match round % 3 {
             // Dropped while its vCPUs run: RunningVm's Drop stops them.
             0 => drop(vm.start().unwrap()),
