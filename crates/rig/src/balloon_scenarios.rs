@@ -59,13 +59,13 @@ pub fn meminfo(s: &mut Session, field: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("no {field} in {lines:?}"))
 }
 
-/// The guest's OOM kills so far (`/proc/vmstat` `oom_kill`).
+/// The guest's OOM kills so far (its kernel log's "Killed process" lines).
 pub fn oom_kills(s: &mut Session) -> Result<u64, String> {
-    let lines = guest_cmd(s, "grep '^oom_kill ' /proc/vmstat")?;
+    let lines = guest_cmd(s, "echo OOM-KILLS $(dmesg | grep -c 'Killed process')")?;
     lines
         .iter()
-        .find_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .ok_or_else(|| format!("no oom_kill in {lines:?}"))
+        .find_map(|l| l.strip_prefix("OOM-KILLS ")?.trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("no OOM-KILLS line in {lines:?}"))
 }
 
 /// `caravel-remote resize --balloon SIZE --wait`.

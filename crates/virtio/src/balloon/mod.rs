@@ -327,7 +327,8 @@ impl Requests<'_> {
         for d in chain {
             let (gpa, len) = (d.addr().0, u64::from(d.len()));
             let aligned = gpa.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE);
-            let result = if !aligned || len == 0 || len > MAX_REPORT_BYTES {
+            let in_bounds = len > 0 && len <= MAX_REPORT_BYTES && gpa.checked_add(len).is_some();
+            let result = if !aligned || !in_bounds {
                 Err(Refusal::NotRam)
             } else {
                 self.backend.discard(gpa, len)
@@ -369,6 +370,7 @@ impl Handler {
         let mut budget = u32::from(aq.queue.size()) * 2;
         loop {
             let _ = aq.queue.disable_notification(mem);
+            let budget_before = budget;
             while budget > 0 {
                 let Some(chain) =
                     next_chain(&mut aq.queue, mem, "virtio-balloon: statistics queue")
@@ -399,7 +401,16 @@ impl Handler {
                 }
             }
             match aq.queue.enable_notification(mem) {
-                Ok(true) if budget > 0 => continue,
+                // More published, and this pass could take some: go on.
+                Ok(true) if budget > 0 && budget < budget_before => continue,
+                Ok(true) if budget > 0 => {
+                    // Published but not takeable (a broken avail ring): wait
+                    // for the driver's next notification instead of spinning.
+                    devices::warn_ratelimited!(
+                        "virtio-balloon: statistics queue: the driver published buffers that cannot be taken"
+                    );
+                    break;
+                }
                 _ => break,
             }
         }
@@ -481,6 +492,48 @@ impl QueueHandler for Handler {
     }
 }
 
+/// Handles what `queues` hold once, as the worker would after a
+/// notification of each (in order), then, if `tick`, as when the
+/// statistics interval is up; without a thread or a timer (fuzzing,
+/// benchmarks). `features` are the negotiated ones. Returns the device's
+/// counters.
+pub fn process_once<M: GuestMemory>(
+    features: u64,
+    queues: &mut [ActiveQueue],
+    mem: &M,
+    backend: Arc<dyn BalloonBackend>,
+    tick: bool,
+) -> Arc<BalloonCounters> {
+    let options = BalloonOptions {
+        deflate_on_oom: features & F_DEFLATE_ON_OOM != 0,
+        free_page_reporting: features & F_PAGE_REPORTING != 0,
+        stats_interval: Duration::ZERO,
+    };
+    let dev = Balloon {
+        shared: Balloon::shared(options),
+        backend,
+        timer: None,
+        queue_sizes: Vec::new(),
+        worker: None,
+    };
+    let mut h = Handler {
+        shared: dev.shared.clone(),
+        backend: dev.backend.clone(),
+        roles: roles(features),
+        timer: None,
+        held: None,
+        buf: Vec::new(),
+    };
+    let indices: Vec<u16> = queues.iter().map(|q| q.index).collect();
+    for index in indices {
+        h.process_queue(index, queues, mem);
+    }
+    if tick {
+        h.request_stats(queues, mem);
+    }
+    dev.shared.counters.clone()
+}
+
 /// The balloon device.
 pub struct Balloon {
     shared: Arc<Shared>,
@@ -511,16 +564,7 @@ impl Balloon {
         };
         let queues = roles(Self::offered(&options)).len();
         let dev = Self {
-            shared: Arc::new(Shared {
-                options,
-                sizes: Mutex::new(Sizes::default()),
-                stats: Mutex::new(None),
-                counters: Arc::default(),
-                interrupt: Mutex::new(None),
-                active: AtomicBool::new(false),
-                held_stats: Mutex::new(None),
-                listener: Mutex::new(None),
-            }),
+            shared: Self::shared(options),
             backend,
             timer,
             queue_sizes: vec![QUEUE_SIZE; queues],
@@ -530,6 +574,19 @@ impl Balloon {
             .set_target(target)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(dev)
+    }
+
+    fn shared(options: BalloonOptions) -> Arc<Shared> {
+        Arc::new(Shared {
+            options,
+            sizes: Mutex::new(Sizes::default()),
+            stats: Mutex::new(None),
+            counters: Arc::default(),
+            interrupt: Mutex::new(None),
+            active: AtomicBool::new(false),
+            held_stats: Mutex::new(None),
+            listener: Mutex::new(None),
+        })
     }
 
     fn offered(o: &BalloonOptions) -> u64 {
