@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
-use vmm::config::{Payload, RawPayload, VmConfig};
+use vmm::config::{BalloonConfig, Payload, RawPayload, VmConfig};
 use vmm::migration::receive::{receive, Received};
 use vmm::migration::send::{SendOptions, Session};
 use vmm::migration::{Conn, Endpoint, Listener};
@@ -152,6 +152,48 @@ fn a_counting_guest_moves_to_a_second_vm_and_counts_on() {
         "{} bytes of memory sent",
         info.memory_bytes
     );
+    counts_on(got, last);
+}
+
+/// The balloon moves with the VM: the destination (whose own command line
+/// has none) builds it from the source's configuration and takes the size
+/// the source had been resized to, not the one it started with.
+#[test]
+fn the_balloon_moves_with_the_size_it_was_given() {
+    if !vmm::test_support::kvm_usable("migration") {
+        return;
+    }
+    let mut cfg = counting_config();
+    cfg.balloon = Some(BalloonConfig {
+        size: 8 << 20,
+        deflate_on_oom: true,
+        free_page_reporting: true,
+        stats_interval: 1,
+    });
+    let o = opts(socket("balloon"));
+    let dest = destination(&o.to, &counting_config());
+    let source = Vm::new(&cfg, Box::new(std::io::sink()), None, None)
+        .unwrap()
+        .start()
+        .unwrap();
+    source.vm().balloon().unwrap().set_target(12 << 20).unwrap();
+    let mut session = Session::start(source.vm(), &cfg, o, &no_progress).unwrap();
+    session.precopy(source.vm(), &no_progress).unwrap();
+    let paused_at = Instant::now();
+    let paused = source.pause();
+    let last = counter(paused.memory());
+    session.finish(&paused, paused_at, &no_progress).unwrap();
+    drop(paused);
+    let got = dest.join().unwrap();
+    let b = got
+        .vm
+        .vm()
+        .balloon()
+        .expect("the destination has the balloon")
+        .info();
+    assert_eq!(b.target, 12 << 20, "the size it was resized to");
+    assert!(b.options.deflate_on_oom && b.options.free_page_reporting);
+    assert_eq!(b.options.stats_interval, Duration::from_secs(1));
     counts_on(got, last);
 }
 
