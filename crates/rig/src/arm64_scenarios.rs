@@ -34,6 +34,14 @@ pub const ALL: &[Scenario] = &[
         run: crate::vsock_scenarios::host_guest_md5_flat_rss_arm64,
     },
     Scenario {
+        name: "arm64-virtio-balloon-inflate-deflate-oom",
+        run: crate::balloon_scenarios::inflate_deflate_oom_arm64,
+    },
+    Scenario {
+        name: "arm64-virtio-balloon-free-page-reporting",
+        run: crate::balloon_scenarios::free_page_reporting_arm64,
+    },
+    Scenario {
         name: "arm64-snapshot-restore-in-a-new-process",
         run: crate::snapshot_scenarios::restore_in_new_process_arm64,
     },

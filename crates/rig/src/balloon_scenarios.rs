@@ -12,15 +12,29 @@ use crate::Env;
 
 const MIB: u64 = 1 << 20;
 
+/// Which guest a scenario boots: the x86_64 `vmlinux` on COM1 or the
+/// arm64 `Image` on the PL011.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// x86_64.
+    X86,
+    /// aarch64.
+    Arm64,
+}
+
 /// Caravel with `memory` (a `--memory` value), `--balloon balloon`, an API
 /// socket named after `tag` and the interactive guest.
 pub fn start(
     env: &Env,
+    arch: Arch,
     tag: &str,
     memory: &str,
     balloon: &str,
-    cmdline_extra: &str,
 ) -> Result<(Session, String), String> {
+    let (kernel, console) = match arch {
+        Arch::X86 => ("vmlinux", "ttyS0"),
+        Arch::Arm64 => ("Image", "ttyAMA0"),
+    };
     let sock = env
         .tmp
         .join(format!("rig-{tag}.sock"))
@@ -29,11 +43,11 @@ pub fn start(
     let _ = std::fs::remove_file(&sock);
     let args: Vec<String> = [
         "--kernel",
-        &env.guest("vmlinux"),
+        &env.guest(kernel),
         "--initramfs",
         &env.guest("initrd.cpio.gz"),
         "--cmdline",
-        &format!("console=ttyS0 quiet panic=-1 caravel.test=interactive{cmdline_extra}"),
+        &format!("console={console} quiet panic=-1 caravel.test=interactive"),
         "--memory",
         memory,
         "--balloon",
@@ -139,12 +153,21 @@ fn poweroff(s: &mut Session) -> Result<(), String> {
 /// then a guest with `deflate_on_oom=on` allocates past its balloon and
 /// gets the memory back instead of an OOM kill; balloon-stats answers.
 pub fn inflate_deflate_oom(env: &Env) -> Result<String, String> {
+    inflate_deflate_oom_on(env, Arch::X86)
+}
+
+/// [`inflate_deflate_oom`] on the arm64 guest.
+pub fn inflate_deflate_oom_arm64(env: &Env) -> Result<String, String> {
+    inflate_deflate_oom_on(env, Arch::Arm64)
+}
+
+fn inflate_deflate_oom_on(env: &Env, arch: Arch) -> Result<String, String> {
     let (mut s, sock) = start(
         env,
+        arch,
         "balloon",
         "size=512M",
         "size=0,deflate_on_oom=on,stats_interval=1",
-        "",
     )?;
     let mut notes = Vec::new();
     // Make most of guest memory resident on the host first.
@@ -218,12 +241,21 @@ pub fn inflate_deflate_oom(env: &Env) -> Result<String, String> {
 /// Free page reporting: the guest touches 512 MiB and frees it; host RSS
 /// falls back without any resize. Returns the time it took.
 pub fn free_page_reporting(env: &Env) -> Result<String, String> {
+    free_page_reporting_on(env, Arch::X86)
+}
+
+/// [`free_page_reporting`] on the arm64 guest.
+pub fn free_page_reporting_arm64(env: &Env) -> Result<String, String> {
+    free_page_reporting_on(env, Arch::Arm64)
+}
+
+fn free_page_reporting_on(env: &Env, arch: Arch) -> Result<String, String> {
     let (mut s, sock) = start(
         env,
+        arch,
         "balloon-fpr",
         "size=1G",
         "size=0,free_page_reporting=on",
-        "",
     )?;
     let rss0 = rss(s.pid());
     touch_and_free(&mut s, 512)?;

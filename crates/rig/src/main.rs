@@ -23,6 +23,7 @@ mod migration_bench;
 mod migration_scenarios;
 mod net_bench;
 mod net_scenarios;
+mod plot;
 mod robust_scenarios;
 mod scenarios;
 mod session;
@@ -110,6 +111,12 @@ fn main() {
             "--vfio" => vfio = true,
             "--arm64" => arm64 = true,
             "--bench-vcpus" => bench_vcpus = args.next().and_then(|n| n.parse().ok()).unwrap_or(1),
+            "--plot-ramp" => {
+                let mut log = String::new();
+                let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut log);
+                print!("{}", plot::ramp_svg(&log));
+                return;
+            }
             "--list" => {
                 for s in scenarios::ALL.iter().chain(scenarios::ON_REQUEST) {
                     println!("{}", s.name);
