@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::balloon_scenarios::{
-    plugged_size, run_ramp, RampPoint, AUTOSIZE_BALLOON, AUTOSIZE_MEMORY, RAMP,
+    plugged_size, run_ramp, Arch, RampPoint, AUTOSIZE_BALLOON, AUTOSIZE_MEMORY, RAMP,
 };
 use crate::guest::guest_cmd_within;
 use crate::mem_scenarios::rss;
@@ -28,26 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 fn caravel_args(env: &Env, memory: &str, balloon: Option<&str>, sock: &str) -> Vec<String> {
-    let _ = std::fs::remove_file(sock);
-    let mut v: Vec<String> = [
-        "--kernel",
-        &env.guest("vmlinux"),
-        "--initramfs",
-        &env.guest("initrd.cpio.gz"),
-        "--cmdline",
-        "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive",
-        "--memory",
-        memory,
-        "--api-socket",
-        &format!("path={sock}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(b) = balloon {
-        v.extend(["--balloon".to_string(), b.to_string()]);
-    }
-    v
+    crate::balloon_scenarios::caravel_args(env, Arch::X86, memory, balloon, sock, &[])
 }
 
 /// Rounds of touch-512-MiB-and-free; seconds until RSS is back for each.

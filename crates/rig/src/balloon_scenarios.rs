@@ -22,6 +22,47 @@ pub enum Arch {
     Arm64,
 }
 
+/// Caravel's arguments for the interactive guest of `arch` with `memory`
+/// (a `--memory` value), `--balloon balloon` if given, an API socket at
+/// `sock` (a stale one is removed) and `extra`.
+pub fn caravel_args(
+    env: &Env,
+    arch: Arch,
+    memory: &str,
+    balloon: Option<&str>,
+    sock: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let (kernel, console) = match arch {
+        Arch::X86 => ("vmlinux", "ttyS0"),
+        Arch::Arm64 => ("Image", "ttyAMA0"),
+    };
+    let _ = std::fs::remove_file(sock);
+    let cmdline = format!(
+        "console={console} quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive"
+    );
+    let mut args: Vec<String> = [
+        "--kernel",
+        &env.guest(kernel),
+        "--initramfs",
+        &env.guest("initrd.cpio.gz"),
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        memory,
+        "--api-socket",
+        &format!("path={sock}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(b) = balloon {
+        args.extend(["--balloon".to_string(), b.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Caravel with `memory` (a `--memory` value), `--balloon balloon`, an API
 /// socket named after `tag` and the interactive guest.
 pub fn start(
@@ -31,33 +72,12 @@ pub fn start(
     memory: &str,
     balloon: &str,
 ) -> Result<(Session, String), String> {
-    let (kernel, console) = match arch {
-        Arch::X86 => ("vmlinux", "ttyS0"),
-        Arch::Arm64 => ("Image", "ttyAMA0"),
-    };
     let sock = env
         .tmp
         .join(format!("rig-{tag}.sock"))
         .display()
         .to_string();
-    let _ = std::fs::remove_file(&sock);
-    let args: Vec<String> = [
-        "--kernel",
-        &env.guest(kernel),
-        "--initramfs",
-        &env.guest("initrd.cpio.gz"),
-        "--cmdline",
-        &format!("console={console} quiet panic=-1 caravel.test=interactive"),
-        "--memory",
-        memory,
-        "--balloon",
-        balloon,
-        "--api-socket",
-        &format!("path={sock}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = caravel_args(env, arch, memory, Some(balloon), &sock, &[]);
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     Ok((s, sock))
@@ -84,29 +104,7 @@ pub fn oom_kills(s: &mut Session) -> Result<u64, String> {
 
 /// `caravel-remote resize --balloon SIZE --wait`.
 pub fn resize_balloon(env: &Env, sock: &str, size: &str) -> Result<String, String> {
-    let out = std::process::Command::new(env.bin("caravel-remote"))
-        .args([
-            "--api-socket",
-            sock,
-            "resize",
-            "--balloon",
-            size,
-            "--wait",
-            "--timeout",
-            "60",
-        ])
-        .output()
-        .map_err(|e| format!("cannot run caravel-remote: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text.trim().to_string())
-    } else {
-        Err(format!("resize --balloon {size}: {}", text.trim()))
-    }
+    crate::mem_scenarios::remote_resize(env, sock, "--balloon", size, 60)
 }
 
 /// One counter of the `balloon` group of `vm.counters`.
@@ -313,6 +311,7 @@ pub fn run_ramp(
     mut plugged: impl FnMut() -> u64,
 ) -> Result<Vec<RampPoint>, String> {
     s.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    let from = s.transcript.len();
     s.send(RAMP)?;
     let start = Instant::now();
     let mut points = Vec::new();
@@ -329,9 +328,10 @@ pub fn run_ramp(
         }) {
             ws = w;
         }
-        if s.transcript
+        // busybox sh says "Killed" when the OOM killer took memhog.
+        if s.transcript[from..]
             .iter()
-            .any(|l| l.contains("Killed") || l.contains("mmap failed"))
+            .any(|l| l.trim_start().starts_with("Killed") || l.contains("mmap failed"))
         {
             return Err(format!("the guest's working set was killed\n{}", s.tail()));
         }
@@ -428,26 +428,15 @@ pub fn autosize_ramp(env: &Env) -> Result<String, String> {
 /// Caravel with the autopilot and an event monitor writing to `events`.
 fn start_with_events(env: &Env, events: &std::path::Path) -> Result<(Session, String), String> {
     let sock = env.tmp.join("rig-autosize.sock").display().to_string();
-    let _ = std::fs::remove_file(&sock);
-    let args: Vec<String> = [
-        "--kernel",
-        &env.guest("vmlinux"),
-        "--initramfs",
-        &env.guest("initrd.cpio.gz"),
-        "--cmdline",
-        "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable caravel.test=interactive",
-        "--memory",
+    let monitor = format!("path={}", events.display());
+    let args = caravel_args(
+        env,
+        Arch::X86,
         AUTOSIZE_MEMORY,
-        "--balloon",
-        AUTOSIZE_BALLOON,
-        "--api-socket",
-        &format!("path={sock}"),
-        "--event-monitor",
-        &format!("path={}", events.display()),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        Some(AUTOSIZE_BALLOON),
+        &sock,
+        &["--event-monitor", &monitor],
+    );
     let mut s = Session::spawn(&env.bin("caravel"), &args)?;
     s.expect("CARAVEL-MARKER", BOOT_TIMEOUT)?;
     Ok((s, sock))

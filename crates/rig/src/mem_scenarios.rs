@@ -78,12 +78,24 @@ pub fn rss(pid: u32) -> u64 {
 
 /// `caravel-remote resize --memory SIZE --wait`; returns its output line.
 pub fn resize_wait(env: &Env, sock: &str, size: &str, timeout: u32) -> Result<String, String> {
+    remote_resize(env, sock, "--memory", size, timeout)
+}
+
+/// `caravel-remote resize FLAG SIZE --wait` (`--memory` or `--balloon`);
+/// returns its output line.
+pub fn remote_resize(
+    env: &Env,
+    sock: &str,
+    flag: &str,
+    size: &str,
+    timeout: u32,
+) -> Result<String, String> {
     let out = std::process::Command::new(env.bin("caravel-remote"))
         .args([
             "--api-socket",
             sock,
             "resize",
-            "--memory",
+            flag,
             size,
             "--wait",
             "--timeout",
@@ -100,7 +112,7 @@ pub fn resize_wait(env: &Env, sock: &str, size: &str, timeout: u32) -> Result<St
         Ok(text.trim().to_string())
     } else {
         Err(format!(
-            "resize to {size} failed ({}): {}",
+            "resize {flag} {size} failed ({}): {}",
             out.status,
             text.trim()
         ))

@@ -50,12 +50,10 @@ pub fn add_balloon_device(
     let dev = Balloon::new(cfg.options(), cfg.size, backend)
         .map_err(|e| Error::config("--balloon", e.to_string()))?;
     let handle = dev.handle();
-    let pci_dev = pci.add_virtio("virtio-balloon", Box::new(dev), view.memory())?;
-    handle.set_interrupt(
-        pci_dev
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .interrupt(),
-    );
+    handle.set_interrupt(pci.add_virtio_signalled(
+        "virtio-balloon",
+        Box::new(dev),
+        view.memory(),
+    )?);
     Ok(handle)
 }

@@ -234,6 +234,19 @@ impl PciSegment {
         &self.layout
     }
 
+    /// [`PciSegment::add_virtio`] for a device whose VMM handle signals
+    /// configuration changes: returns the transport's interrupt path.
+    pub fn add_virtio_signalled(
+        &mut self,
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        mem: virtio::DeviceMemory,
+    ) -> Result<Arc<dyn virtio::VirtioInterrupt>> {
+        let dev = self.add_virtio(name, device, mem)?;
+        let interrupt = dev.lock().unwrap_or_else(|e| e.into_inner()).interrupt();
+        Ok(interrupt)
+    }
+
     /// Adds a virtio device as a PCI function with its BAR in the 64-bit
     /// window, MSI-X vectors, and ioeventfds for its queue notifications.
     pub fn add_virtio(

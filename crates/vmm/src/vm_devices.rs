@@ -102,13 +102,7 @@ pub fn add_memory_device(
     });
     let dev = Mem::new(geometry, p.requested, p.hugetlb, backend, Some(listener));
     let handle = dev.handle();
-    let pci_dev = pci.add_virtio("virtio-mem", Box::new(dev), p.view.memory())?;
-    handle.set_interrupt(
-        pci_dev
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .interrupt(),
-    );
+    handle.set_interrupt(pci.add_virtio_signalled("virtio-mem", Box::new(dev), p.view.memory())?);
     Ok(handle)
 }
 
