@@ -288,7 +288,7 @@ fn free_page_reporting_on(env: &Env, arch: Arch) -> Result<String, String> {
 
 /// The working-set ramp both the autopilot scenario and its benchmark
 /// run: 256 MiB, up to 1 GiB, back to 256 MiB (`caravel-memhog ramp`).
-pub const RAMP: &str = "caravel-memhog ramp 32 500 256:6 1024:12 256:30";
+pub const RAMP: &str = "caravel-memhog ramp 32 1000 256:6 1024:12 256:30";
 
 /// One second of a ramp: time, the guest's working set (MiB, from its
 /// last `MEMHOG` line), host RSS and the plugged size (MiB).
@@ -373,7 +373,19 @@ pub fn autosize_ramp(env: &Env) -> Result<String, String> {
     let _ = std::fs::remove_file(&events);
     let (mut s, sock) = start_with_events(env, &events)?;
     let kills0 = oom_kills(&mut s)?;
-    let points = run_ramp(&mut s, || plugged_size(env, &sock))?;
+    let points = run_ramp(&mut s, || plugged_size(env, &sock)).map_err(|e| {
+        let decisions: Vec<String> = std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"autosize\""))
+            .map(str::to_string)
+            .collect();
+        let info = remote(env, &sock, "info").unwrap_or_default();
+        let auto = serde_json::from_str::<serde_json::Value>(&info)
+            .map(|v| v["memory"]["autosize"].to_string())
+            .unwrap_or(info);
+        format!("{e}\nautosize: {auto}\ndecisions: {decisions:#?}")
+    })?;
     let kills1 = oom_kills(&mut s)?;
     let peak = points.iter().map(|p| p.plugged).max().unwrap_or(0);
     let end = points.last().copied().ok_or("no samples")?;

@@ -984,6 +984,80 @@ mod tests {
         assert_eq!(call(&path, Method::Put, "/api/v1/vm.shutdown").status, 204);
     }
 
+    /// A test backend that takes everything.
+    struct TakeAll;
+    impl virtio::balloon::BalloonBackend for TakeAll {
+        fn discard(&self, _: u64, _: u64) -> std::result::Result<(), virtio::balloon::Refusal> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn balloon_stats_and_resize_say_what_is_missing() {
+        let sh = shared();
+        let (tx, rx) = mpsc::channel();
+        let ctx = ServerContext {
+            shared: sh.clone(),
+            tx,
+            wake: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+        };
+        let req = |method: Method, path: &str, body: &[u8]| Request {
+            method,
+            path: format!("{}{path}", api::API_PREFIX),
+            body: body.to_vec(),
+        };
+        let stats = || route(&req(Method::Get, "vm.balloon-stats", b""), &ctx);
+        let r = stats();
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body.unwrap()).contains("has no balloon"));
+        let with = |interval: u64| {
+            let b = virtio::balloon::Balloon::new(
+                virtio::balloon::BalloonOptions {
+                    stats_interval: Duration::from_secs(interval),
+                    ..Default::default()
+                },
+                4 << 20,
+                Arc::new(TakeAll),
+            )
+            .unwrap();
+            sh.lock().unwrap().balloon = Some(b.handle());
+            b
+        };
+        let _b = with(0);
+        let r = stats();
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body.unwrap()).contains("stats_interval"));
+        let _b = with(1);
+        assert_eq!(stats().status, 503, "no figures from the guest yet");
+        let info = sh.lock().unwrap().memory_info();
+        assert_eq!(info.balloon.unwrap().size, 4 << 20);
+        for (body, want) in [
+            (&br#"{"desired_vcpus": 2}"#[..], "desired_vcpus"),
+            (b"{}", "needs desired_ram or desired_balloon"),
+        ] {
+            let r = route(&req(Method::Put, "vm.resize", body), &ctx);
+            assert_eq!(r.status, 400);
+            assert!(String::from_utf8_lossy(&r.body.unwrap()).contains(want));
+        }
+        // A balloon size goes to the VMM as it is.
+        std::thread::spawn(move || {
+            let (cmd, reply) = rx.recv().unwrap();
+            assert_eq!(
+                cmd,
+                ApiCommand::Resize {
+                    desired_ram: None,
+                    desired_balloon: Some(1 << 20)
+                }
+            );
+            reply.send(Response::no_content()).unwrap();
+        });
+        let r = route(
+            &req(Method::Put, "vm.resize", br#"{"desired_balloon": 1048576}"#),
+            &ctx,
+        );
+        assert_eq!(r.status, 204);
+    }
+
     #[test]
     fn changes_to_the_vm_are_refused_while_it_migrates() {
         let sh = shared();
