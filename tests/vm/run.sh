@@ -10,6 +10,7 @@
 #        tests/vm/run.sh --bench [RUNS]  Caravel vs QEMU (microvm, q35) boot benchmark, Markdown table
 #        tests/vm/run.sh --bench-blk [S] Caravel vs QEMU q35 virtio-blk throughput/IOPS (S seconds per test)
 #        tests/vm/run.sh --bench-mem     Caravel vs QEMU virtio-mem-pci resize latency and RSS reclaim
+#        tests/vm/run.sh --bench-balloon Caravel vs QEMU free page reporting; the memory autopilot's RSS over a ramp
 #        tests/vm/run.sh --bench-snapshot  Caravel vs QEMU save to a file and restore in a new process
 #        tests/vm/run.sh --bench-migration Caravel vs QEMU live migration to a second process (unix socket)
 #        tests/vm/run.sh --bench-net [ONLY]  Caravel vs QEMU virtio-net (vhost=off and on) TCP throughput,
@@ -81,7 +82,7 @@ if [ "${1:-}" = --selftests ]; then
   printf '%s\n' "$*" > "$ROOT/rig-selftests"
   set -- --selftests
 fi
-if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ] || [ "${1:-}" = --bench-migration ] || [ "${1:-}" = --bench-net ]; then
+if [ "${1:-}" = --bench ] || [ "${1:-}" = --bench-blk ] || [ "${1:-}" = --bench-mem ] || [ "${1:-}" = --bench-snapshot ] || [ "${1:-}" = --bench-migration ] || [ "${1:-}" = --bench-net ] || [ "${1:-}" = --bench-balloon ]; then
   # QEMU, its libraries and firmware, to boot the same guest side by side.
   mkdir -p "$ROOT/usr/bin" "$ROOT/usr/share"
   cp /usr/bin/qemu-system-x86_64 "$ROOT/usr/bin/"
@@ -120,6 +121,7 @@ case "${1:-}" in
   --bench) ARGS="--bench,${2:-5},--bench-vcpus,${BENCH_VCPUS:-1}" ;;
   --bench-blk) ARGS="--bench-blk,${2:-5}" ;;
   --bench-mem) ARGS="--bench-mem" ;;
+  --bench-balloon) ARGS="--bench-balloon" ;;
   --bench-snapshot) ARGS="--bench-snapshot" ;;
   --bench-migration) ARGS="--bench-migration" ;;
   --bench-net) ARGS="--bench-net${2:+,--bench-net-only,$2}" ;;

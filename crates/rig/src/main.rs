@@ -2,7 +2,9 @@
 //! test VM (see tests/vm/README.md). Prints TAP 13, one test per scenario.
 //!
 //! Usage: `caravel-rig [--bin DIR] [--guest DIR] [--prefix STR] [--list] [SCENARIO...]`
-//! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`),
+//! or `caravel-rig --bench RUNS [--bench-vcpus N]` (see `bench.rs`; also
+//! `--bench-blk`, `--bench-mem`, `--bench-snapshot`, `--bench-migration`,
+//! `--bench-net`, `--bench-balloon`), `caravel-rig --plot-ramp < LOG`,
 //! or `caravel-rig --vfio [SCENARIO...]` (see `vfio_scenarios.rs`),
 //! or `caravel-rig --arm64 [SCENARIO...]` (see `arm64_scenarios.rs`).
 //! (default: every scenario). Binaries are taken from `--bin` (default
