@@ -367,6 +367,47 @@ pub fn crc32(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// The balloon and the autopilot travel in a snapshot's (and a
+    /// migration's) configuration, whatever the restoring command line says.
+    #[test]
+    fn the_balloon_and_the_autopilot_travel_with_the_vm() {
+        let mut cfg = VmConfig::new(Payload::Raw(RawPayload {
+            segments: Vec::new(),
+            entry: 0,
+        }));
+        cfg.memory.hotplug = Some(crate::config::HotplugConfig {
+            hotplug_size: 1 << 30,
+            hotplugged_size: 0,
+            block_size: 2 << 20,
+        });
+        cfg.memory.autosize = Some(crate::config::AutosizeConfig {
+            min: 512 << 20,
+            max: 1 << 30,
+            headroom: 30,
+        });
+        cfg.balloon = Some(crate::config::BalloonConfig {
+            size: 64 << 20,
+            deflate_on_oom: true,
+            free_page_reporting: true,
+            stats_interval: 2,
+        });
+        let json = serde_json::to_string(&SavedConfig::of(&cfg)).unwrap();
+        let saved: SavedConfig = serde_json::from_str(&json).unwrap();
+        saved.check().unwrap();
+        let host = VmConfig::new(Payload::Raw(RawPayload {
+            segments: Vec::new(),
+            entry: 0,
+        }));
+        let restored = saved.apply_to(&host);
+        assert_eq!(restored.balloon, cfg.balloon);
+        assert_eq!(restored.memory.autosize, cfg.memory.autosize);
+        // A snapshot of an older Caravel, without the balloon, still reads.
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("balloon");
+        let old: SavedConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(old.balloon, None);
+    }
+
     #[test]
     fn crc32_matches_zlib() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
