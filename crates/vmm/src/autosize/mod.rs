@@ -130,6 +130,8 @@ impl Autopilot {
         let decision = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             st.samples += 1;
+            // The device's request may have come from a restore.
+            st.policy.sync_requested(self.mem.info().requested_size);
             let d = st.policy.observe(sample);
             if let Some(d) = d {
                 st.last = Some((d, Instant::now()));

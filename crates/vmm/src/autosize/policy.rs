@@ -117,6 +117,12 @@ impl Policy {
         self.requested
     }
 
+    /// The request as the device has it (a restore or a migration brings
+    /// its own): decisions start from there.
+    pub fn sync_requested(&mut self, requested: u64) {
+        self.requested = requested;
+    }
+
     /// The request range `min..=max` allows, in blocks.
     fn bounds(&self) -> (u64, u64) {
         let c = &self.cfg;
