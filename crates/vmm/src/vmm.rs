@@ -256,7 +256,9 @@ impl Vmm {
                 (None, Some(vm)) => vm.vm().memory_device().map(|m| m.info().requested_size),
                 (None, None) => None,
             },
-            balloon: None,
+            balloon: arrived
+                .as_ref()
+                .and_then(|vm| vm.vm().balloon().map(|b| b.info().target)),
         };
 
         loop {
@@ -286,6 +288,10 @@ impl Vmm {
                                     serde_json::json!({"source": r.dir, "memory_read": report.memory_read}),
                                 ),
                             );
+                            // The balloon's size as it was, for the next boot.
+                            if let Some(b) = vm.balloon() {
+                                targets.balloon = Some(b.info().target);
+                            }
                             if r.resume {
                                 Guest::Running(vm.start()?)
                             } else {
