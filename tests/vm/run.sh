@@ -25,7 +25,9 @@
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
 #        RIG_ACCEL (outer -accel, default tcg; tcg,thread=single runs all outer vCPUs on one host thread),
 #        RIG_APPEND (more outer kernel arguments, e.g. softlockup_all_cpu_backtrace=1 loglevel=7),
-#        RIG_MONITOR (a Unix socket path for the outer QEMU's monitor: info cpus, info registers -a),
+#        RIG_MONITOR (a Unix socket path for the outer QEMU's monitor, default a temporary one:
+#        info cpus, info registers -a; on a wedge run.sh saves them and info lapic in
+#        $CARAVEL_CACHE/logs/rig-wedge-*.txt and prints each CPU's RIP and the LAPIC's IRR),
 #        RIG_REBOOTS (guest reboots of reboot-loop-leaves-fds-threads-rss-flat, default 30;
 #        the figure is 200, ~5.5 min),
 #        RIG_EXTRA_DIR (a directory copied to /extra in the outer VM, e.g. the kernel's KVM
@@ -92,7 +94,9 @@ fi
 (cd "$ROOT" && find . | cpio --quiet -o -H newc) > "$ROOT.cpio" || die "packing the outer VM's initramfs failed"
 # The outer VM's whole console stays in $CARAVEL_CACHE/logs/rig-console.log
 # (kernel messages of a wedge included) until the next run.
-trap 'mkdir -p "$CACHE/logs"; cp "$RUN_LOG" "$CACHE/logs/rig-console.log" 2>/dev/null; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG"' EXIT
+trap 'mkdir -p "$CACHE/logs"; cp "$RUN_LOG" "$CACHE/logs/rig-console.log" 2>/dev/null; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG" "$RUN_LOG.monitor"' EXIT
+# The outer QEMU's monitor is always on a socket, so a wedge leaves evidence.
+RIG_MONITOR=${RIG_MONITOR:-$RUN_LOG.monitor}
 
 if [ "${1:-}" = --demo ]; then
   log "booting the outer VM; Caravel's guest console follows (guest: poweroff -f; QEMU: Ctrl-A x)"
@@ -128,6 +132,21 @@ case "${1:-}" in
   --exec) ARGS="--exec" ;;   # the commands are in /rig-exec.sh: the kernel command line holds no script
   *) ARGS=$(IFS=,; echo "$*") ;;
 esac
+# With RIG_MONITOR, what the outer vCPUs were doing when the console went
+# silent: $CARAVEL_CACHE/logs/rig-wedge-N.txt (info cpus, info registers -a,
+# info lapic, twice a second apart, so a spinning CPU shows a moving RIP).
+dump_outer_state() {
+  mkdir -p "$CACHE/logs"
+  local out=$CACHE/logs/rig-wedge-$(date +%s).txt
+  { for _ in 1 2; do
+      printf 'info cpus\ninfo registers -a\ninfo lapic\n' | timeout 10 socat - UNIX-CONNECT:"$RIG_MONITOR" 2>&1
+      sleep 1
+    done; } > "$out" || true
+  cp "$RUN_LOG" "$out.console" 2>/dev/null || true
+  # The lines that tell a spin from a stop, for logs that keep only stderr.
+  grep -aE '^(CPU#|RIP=|IRR|ISR|APR)' "$out" | tr -d '\r' | head -n 16 >&2 || true
+  log "outer vCPU state at the wedge: $out (console: $out.console)"
+}
 boot_outer() {
   # The outer VM's console goes to RUN_LOG (line-buffered); a watchdog treats
   # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
@@ -146,6 +165,7 @@ boot_outer() {
     if [ "$size" = "$last" ]; then idle=$((idle + 5)); else idle=0; last=$size; fi
     if [ "$idle" -ge "$RIG_IDLE_TIMEOUT" ]; then
       log "no console output for ${idle}s: treating the outer VM as wedged"
+      dump_outer_state
       pkill -f -- "-initrd $ROOT.cpio" || true
       break
     fi

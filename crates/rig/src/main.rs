@@ -119,15 +119,9 @@ fn main() {
                 print!("{}", plot::ramp_svg(&log));
                 return;
             }
-            "--list" => {
-                for s in scenarios::ALL.iter().chain(scenarios::ON_REQUEST) {
-                    println!("{}", s.name);
-                }
-                return;
-            }
             // What a run without names runs (tests/vm/run.sh resumes a
             // wedged run with the ones that have not passed).
-            "--list-default" => {
+            "--list" | "--list-default" => {
                 for s in scenarios::ALL {
                     println!("{}", s.name);
                 }
@@ -199,22 +193,15 @@ fn main() {
     } else {
         scenarios::ALL
     };
-    // Scenarios that run only when named.
-    let on_request: &[guest::Scenario] = if vfio || arm64 {
-        &[]
-    } else {
-        scenarios::ON_REQUEST
-    };
     let selected: Vec<_> = if wanted.is_empty() {
         all.iter().collect()
     } else {
         all.iter()
-            .chain(on_request)
             .filter(|s| wanted.iter().any(|w| w == s.name))
             .collect()
     };
     for w in &wanted {
-        if !all.iter().chain(on_request).any(|s| s.name == w) {
+        if !all.iter().any(|s| s.name == w) {
             eprintln!("caravel-rig: unknown scenario '{w}' (see --list)");
             std::process::exit(2);
         }
