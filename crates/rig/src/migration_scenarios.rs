@@ -173,15 +173,24 @@ fn pv_spinlocks_enabled(s: &mut Session) -> Result<(), String> {
     }
 }
 
-/// The counter the guest's workload keeps, read right after a migration
-/// (the guest printed its prompt in the old process: type without waiting).
-fn count_after_move(s: &mut Session, before: u64) -> Result<u64, String> {
-    s.send("cat /tmp/count")?;
-    s.expect("CARAVEL-GOT cat /tmp/count", BOOT_TIMEOUT)?;
+/// Runs `cmd` right after a migration (the guest printed its prompt in
+/// the old process: type without waiting for it); fails unless it exits 0.
+fn first_cmd_after_move(s: &mut Session, cmd: &str) -> Result<(), String> {
+    s.send(cmd)?;
+    s.expect(&format!("CARAVEL-GOT {cmd}"), BOOT_TIMEOUT)?;
     let (done, _) = s.expect("CARAVEL-DONE", BOOT_TIMEOUT)?;
     if !done.contains("rc=0") {
-        return Err(format!("first command after migrating failed: {done}"));
+        return Err(format!(
+            "first command after migrating, `{cmd}`, failed: {done}\n{}",
+            s.tail()
+        ));
     }
+    Ok(())
+}
+
+/// The counter the guest's workload keeps, read right after a migration.
+fn count_after_move(s: &mut Session, before: u64) -> Result<u64, String> {
+    first_cmd_after_move(s, "cat /tmp/count")?;
     let after = numbers(&s.transcript).last().copied().unwrap_or(0);
     if after < before {
         return Err(format!("the counter went back from {before} to {after}"));
@@ -370,5 +379,105 @@ fn migrate_with(
         "{hop1}; {hop2}; counter {count_a} -> {count_b} -> {count_c} -> {last}, 64 MiB of buffers match their md5s, \
          disk and hvc0 continue, resize on the destination; cut migration: {}",
         cut.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
+}
+
+/// The TAP the network migration scenario's Caravel creates.
+const NET_TAP: &str = "crvmig0";
+const NET_HOST_IP: &str = "10.78.0.1";
+const NET_GUEST_IP: &str = "10.78.0.2";
+
+/// x86_64: a guest with a virtio-net card on a TAP that the source Caravel
+/// creates pings the host five times a second while it moves A -> B over
+/// `unix:`. B opens the same TAP while A still holds it, its queues parked
+/// until the guest runs there. After the move the guest's pings go on, the
+/// host reaches the guest, and the TAP outlives A (B holds it); it goes
+/// with B.
+pub fn live_migration_net(env: &Env) -> Result<String, String> {
+    let sock = |n: &str| {
+        env.tmp
+            .join(format!("rig-mignet-{n}.sock"))
+            .display()
+            .to_string()
+    };
+    let (sa, sb) = (sock("a"), sock("b"));
+    let url = format!("unix:{}", env.tmp.join("rig-mignet-stream.sock").display());
+    let net = format!("tap={NET_TAP},ip={NET_HOST_IP},mask=255.255.255.0,mac=52:54:00:c0:ff:02");
+    let mut a = Session::spawn(
+        &env.bin("caravel"),
+        &crate::mem_scenarios::hotplug_args(env, &sa, "", &["--cpus", "boot=2", "--net", &net]),
+    )?;
+    a.expect("CARAVEL-MARKER", Duration::from_secs(120))?;
+    let sys = std::path::Path::new("/sys/class/net").join(NET_TAP);
+    let flags = std::fs::read_to_string(sys.join("tun_flags")).unwrap_or_default();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+    if flags & 0x100 == 0 {
+        return Err(format!(
+            "the source's TAP is not multi-queue (tun_flags {flags:#x}): a destination could not open it too"
+        ));
+    }
+    guest_cmd(
+        &mut a,
+        &format!(
+            "ifconfig eth0 {NET_GUEST_IP} netmask 255.255.255.0 up; ping -c 2 -W 10 {NET_HOST_IP} >/dev/null; \
+             (while [ ! -e /tmp/stop ]; do if ping -c 1 -W 1 {NET_HOST_IP} >/dev/null 2>&1; \
+             then echo >> /tmp/ping.ok; else echo >> /tmp/ping.lost; fi; sleep 0.2; done; \
+             touch /tmp/pingdone) >/dev/null 2>&1 &"
+        ),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = numbers(&guest_cmd(&mut a, "wc -l < /tmp/ping.ok")?)
+        .first()
+        .copied()
+        .unwrap_or(0);
+    if before == 0 {
+        return Err("the guest's pings to the host did not get through before migrating".into());
+    }
+    a.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    let (mut b, line) = hop(env, &mut a, &sa, &sb, &url, &[], &[])?;
+    drop(a);
+    crate::diag(&format!("  A -> B {line}"));
+    // The source has exited; the TAP it created lives on in B.
+    if !sys.exists() {
+        return Err(format!("{NET_TAP} went away with the source"));
+    }
+    first_cmd_after_move(&mut b, &format!("ping -c 3 -W 5 {NET_HOST_IP}"))?;
+    let host_to_guest = Command::new("ping")
+        .args(["-c", "3", "-W", "5", NET_GUEST_IP])
+        .output()
+        .map_err(|e| format!("ping from the outer VM: {e}"))?;
+    if !host_to_guest.status.success() {
+        return Err(format!(
+            "the host does not reach the migrated guest: {}",
+            String::from_utf8_lossy(&host_to_guest.stdout).trim()
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let counted = guest_cmd(
+        &mut b,
+        "touch /tmp/stop; while [ ! -e /tmp/pingdone ]; do sleep 0.1; done; \
+         wc -l < /tmp/ping.ok; cat /tmp/ping.lost 2>/dev/null | wc -l",
+    )?;
+    let n = numbers(&counted);
+    let (ok, lost) = (
+        n.first().copied().unwrap_or(0),
+        n.get(1).copied().unwrap_or(0),
+    );
+    if ok <= before {
+        return Err(format!(
+            "the guest's pings stopped with the migration: {ok} answered, {before} before it"
+        ));
+    }
+    b.expect("CARAVEL-READY", BOOT_TIMEOUT)?;
+    b.send("poweroff")?;
+    expect_exit(&mut b, 0)?;
+    if sys.exists() {
+        return Err(format!(
+            "{NET_TAP} outlived the destination that held it last"
+        ));
+    }
+    Ok(format!(
+        "{line}; pings: {before} answered before, {ok} in all, {lost} lost; host -> guest ok \
+         after; the TAP (multi-queue) outlived the source and went with the destination"
     ))
 }

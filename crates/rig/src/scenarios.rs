@@ -73,6 +73,10 @@ pub const ALL: &[Scenario] = &[
         run: crate::migration_scenarios::live_migration_local,
     },
     Scenario {
+        name: "live-migration-virtio-net-pings-on",
+        run: crate::migration_scenarios::live_migration_net,
+    },
+    Scenario {
         name: "virtio-balloon-inflate-deflate-oom",
         run: crate::balloon_scenarios::inflate_deflate_oom,
     },

@@ -7,6 +7,12 @@
 //! A TAP Caravel created is not persistent: it disappears with the last
 //! descriptor, so nothing is left behind when Caravel exits or a start
 //! fails half-way.
+//!
+//! Queues are multi-queue (`IFF_MULTI_QUEUE`) even for one pair when the
+//! kernel has it, so that a live migration's destination on the same host
+//! can hold its own queues of the TAP while the source still holds its:
+//! the destination parks them (`TUNSETQUEUE` detach: no frames are steered
+//! to them) until the guest runs there ([`ParkedQueue`]).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -24,10 +30,13 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNGETFEATURES: libc::c_ulong = 0x8004_54cf;
 const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
 const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_ATTACH_QUEUE: i16 = 0x0200;
+const IFF_DETACH_QUEUE: i16 = 0x0400;
 const VNET_HDR_LEN: libc::c_int = virtio::net::HDR_LEN as libc::c_int;
 
 /// `struct ifreq`: a name and a 24-byte union (flags, an address).
@@ -132,6 +141,52 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Takes this queue out of the TAP's traffic until
+    /// [`ParkedQueue::attach`]: a migration's destination holds its queues
+    /// while the source's guest still runs on its own.
+    pub fn park(&self, tap: &str) -> Result<ParkedQueue, String> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| explain(tap, "duplicating a queue", e))?;
+        set_queue(&fd, IFF_DETACH_QUEUE).map_err(|e| {
+            explain(
+                tap,
+                "detaching a queue until the migrated guest runs (TUNSETQUEUE)",
+                e,
+            )
+        })?;
+        Ok(ParkedQueue {
+            fd,
+            tap: tap.to_string(),
+        })
+    }
+}
+
+/// A queue of a TAP that a migration's destination holds, detached from
+/// the TAP's traffic (frames go to the source's queues meanwhile).
+pub struct ParkedQueue {
+    /// The same open TAP queue as the device's (a duplicate).
+    fd: OwnedFd,
+    tap: String,
+}
+
+impl ParkedQueue {
+    /// Puts the queue back into the TAP's traffic: the guest runs here now.
+    pub fn attach(&self) -> Result<(), String> {
+        set_queue(&self.fd, IFF_ATTACH_QUEUE)
+            .map_err(|e| explain(&self.tap, "attaching a queue (TUNSETQUEUE)", e))
+    }
+}
+
+/// `TUNSETQUEUE` with `flags` (attach or detach this descriptor's queue).
+fn set_queue(fd: &OwnedFd, flags: i16) -> io::Result<()> {
+    let mut req = IfReq::default();
+    req.set_flags(flags);
+    ioctl_ifreq(fd.as_raw_fd(), TUNSETQUEUE, &mut req)
+}
+
 impl TapQueue for Tap {
     fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -179,7 +234,7 @@ fn explain(name: &str, what: &str, e: io::Error) -> String {
             " (another process has this TAP open; a TAP without multi-queue takes one user)"
         }
         Some(libc::EINVAL) => {
-            " (it exists with other flags: several queue pairs need a multi_queue TAP, one pair a TAP without it)"
+            " (it exists with other flags: several queue pairs need a multi_queue TAP)"
         }
         _ => "",
     };
@@ -197,11 +252,8 @@ pub fn open_named(
     let mut req = IfReq::named(name).map_err(|e| e.to_string())?;
     let existed = std::path::Path::new("/sys/class/net").join(name).exists();
     let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    if pairs > 1 {
-        flags |= IFF_MULTI_QUEUE;
-    }
     let mut queues = Vec::with_capacity(pairs);
-    for _ in 0..pairs {
+    for i in 0..pairs {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -209,19 +261,34 @@ pub fn open_named(
             .open("/dev/net/tun")
             .map_err(|e| explain(name, "cannot open /dev/net/tun", e))?;
         let fd = OwnedFd::from(file);
-        if pairs > 1 {
+        if i == 0 {
             let mut features: libc::c_int = 0;
             ioctl_int(fd.as_raw_fd(), TUNGETFEATURES, &mut features)
                 .map_err(|e| explain(name, "TUNGETFEATURES", e))?;
-            if features & libc::c_int::from(IFF_MULTI_QUEUE) == 0 {
+            if features & libc::c_int::from(IFF_MULTI_QUEUE) != 0 {
+                flags |= IFF_MULTI_QUEUE;
+            } else if pairs > 1 {
                 return Err(format!(
                     "TAP {name}: this kernel's tun has no multi-queue support: use num_queues=2"
                 ));
             }
         }
         req.set_flags(flags);
-        ioctl_ifreq(fd.as_raw_fd(), TUNSETIFF, &mut req)
-            .map_err(|e| explain(name, "TUNSETIFF", e))?;
+        match ioctl_ifreq(fd.as_raw_fd(), TUNSETIFF, &mut req) {
+            // One pair on a TAP made without multi_queue (ip tuntap add
+            // ... without it): take it as it is.
+            Err(e)
+                if pairs == 1
+                    && flags & IFF_MULTI_QUEUE != 0
+                    && e.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                flags &= !IFF_MULTI_QUEUE;
+                req.set_flags(flags);
+                ioctl_ifreq(fd.as_raw_fd(), TUNSETIFF, &mut req)
+            }
+            r => r,
+        }
+        .map_err(|e| explain(name, "TUNSETIFF", e))?;
         queues
             .push(Tap::from_fd(fd).map_err(|e| explain(name, "TUNSETVNETHDRSZ/TUNSETSNDBUF", e))?);
     }
@@ -427,14 +494,148 @@ mod tests {
         let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
         assert_ne!(flags & libc::IFF_UP as u32, 0, "brought up");
         assert_eq!(interface_mac(&name), Some(host_mac), "host_mac= set");
-        // A second user of a multi-queue TAP with other flags is refused.
-        let err = open_named(&name, 1, None, None).err().unwrap();
-        assert!(err.contains("multi_queue"), "{err}");
+        // A second holder (a migration's destination) opens it too.
+        let second = open_named(&name, 1, None, None).unwrap();
+        assert!(!second.created);
+        drop(second);
         drop(tap);
         assert!(
             !std::path::Path::new("/sys/class/net").join(&name).exists(),
             "the TAP went with its last descriptor"
         );
+    }
+
+    /// A TAP named for this test and `tag`, created with one pair.
+    fn one_pair_tap(tag: &str) -> Option<(String, OpenedTap)> {
+        if !have_tun() {
+            return None;
+        }
+        let name = format!("cv{tag}{}", std::process::id() % 100_000);
+        match open_named(&name, 1, None, None) {
+            Ok(t) => Some((name, t)),
+            Err(e) if e.contains("CAP_NET_ADMIN") => {
+                eprintln!("skipped: {e}");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Sends IPv4/UDP frames out of interface `name` as the host stack
+    /// would (a packet socket), each its own flow (source port `i`), so the
+    /// TAP spreads them over the queues that take traffic.
+    fn host_sends(name: &str, count: u16) {
+        let cname = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert_ne!(ifindex, 0, "{name} has an index");
+        // SAFETY: plain socket creation; the result is checked and owned.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(raw >= 0, "AF_PACKET: {}", io::Error::last_os_error());
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        for i in 0..count {
+            let mut f = [0u8; 60];
+            f[..6].fill(0xff); // broadcast
+            f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+            f[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&46u16.to_be_bytes());
+            f[22] = 64;
+            f[23] = 17; // UDP
+            f[26..30].copy_from_slice(&[10, 213, 8, 1]);
+            f[30..34].copy_from_slice(&[10, 213, 8, 2]);
+            f[34..36].copy_from_slice(&(1000 + i).to_be_bytes());
+            f[36..38].copy_from_slice(&9u16.to_be_bytes());
+            f[38..40].copy_from_slice(&26u16.to_be_bytes());
+            // SAFETY: `f` and `addr` are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(n, 60, "sendto: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// Frames waiting on a queue (read until it would block).
+    fn drain(q: &mut Tap) -> usize {
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while q.read_frame(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_second_holder_parks_its_queue_until_it_attaches() {
+        let Some((name, mut source)) = one_pair_tap("p") else {
+            return;
+        };
+        let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags")).unwrap();
+        let flags = i16::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+        assert_ne!(flags & IFF_MULTI_QUEUE, 0, "one pair is multi-queue too");
+        let mut dest = open_named(&name, 1, None, None).unwrap();
+        let parked = dest.queues[0].park(&name).unwrap();
+        // While parked, every frame the host sends goes to the source.
+        drain(&mut source.queues[0]);
+        host_sends(&name, 64);
+        assert_eq!(drain(&mut dest.queues[0]), 0, "a parked queue gets nothing");
+        assert!(drain(&mut source.queues[0]) > 0);
+        // Attached, it takes its share.
+        parked.attach().unwrap();
+        host_sends(&name, 64);
+        let (s, d) = (drain(&mut source.queues[0]), drain(&mut dest.queues[0]));
+        assert!(
+            d > 0 && s > 0,
+            "64 flows over two queues: source {s}, destination {d}"
+        );
+        // Attaching an attached queue is refused: the state is the kernel's.
+        assert!(parked.attach().is_err());
+        // The source goes; the TAP stays with the destination.
+        drop(source);
+        assert!(std::path::Path::new("/sys/class/net").join(&name).exists());
+        drop(parked);
+        drop(dest);
+        assert!(!std::path::Path::new("/sys/class/net").join(&name).exists());
+    }
+
+    #[test]
+    fn one_pair_takes_a_tap_made_without_multi_queue() {
+        if !have_tun() {
+            return;
+        }
+        let name = format!("cvs{}", std::process::id() % 100_000);
+        // Another program's TAP, without IFF_MULTI_QUEUE.
+        let other = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        let mut req = IfReq::named(&name).unwrap();
+        req.set_flags(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
+        if let Err(e) = ioctl_ifreq(other.as_raw_fd(), TUNSETIFF, &mut req) {
+            eprintln!("skipped: TUNSETIFF: {e}");
+            return;
+        }
+        // Multi-queue is refused there (EINVAL), so Caravel asks without
+        // it; the TAP is busy (one user), and the message says so.
+        let err = open_named(&name, 1, None, None).err().unwrap();
+        assert!(err.contains("another process has this TAP open"), "{err}");
+        // Several pairs cannot use it at all.
+        let err = open_named(&name, 2, None, None).err().unwrap();
+        assert!(err.contains("multi_queue TAP"), "{err}");
     }
 
     #[test]

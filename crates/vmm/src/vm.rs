@@ -64,6 +64,9 @@ pub struct Vm {
     ram_slots: Arc<RamSlots>,
     /// The locks on the disk images.
     disk_locks: Vec<DiskLock>,
+    /// A migration's destination: TAP queues kept out of the traffic until
+    /// [`Vm::attach_taps`].
+    parked_taps: Vec<crate::tap::ParkedQueue>,
     /// Each network card's traffic counters, by device name.
     net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
     /// The vsock device's listening socket file, removed with the VM.
@@ -100,8 +103,9 @@ impl Vm {
     /// Builds the VM of `cfg` for a live migration's destination around
     /// `ram` (made by [`Vm::guest_ram`] for the same `cfg`), which receives
     /// the source's memory while the source still runs. The disk images are
-    /// opened but not locked (the source holds the locks until it pauses):
-    /// [`Vm::lock_disks`] before [`Vm::restore_state`].
+    /// opened but not locked (the source holds the locks until it pauses)
+    /// and its TAP queues are parked: [`Vm::lock_disks`] and
+    /// [`Vm::attach_taps`] before [`Vm::restore_state`].
     pub fn new_for_migration(
         cfg: &VmConfig,
         serial_out: SerialOutput,
@@ -144,10 +148,10 @@ impl Vm {
         events: Option<Arc<EventMonitor>>,
         how: Build,
     ) -> Result<Self> {
-        let (hotplug_requested, load_payload, lock_disks) = match &how {
-            Build::Boot { hotplug_requested } => (*hotplug_requested, true, true),
-            Build::Restore => (None, false, true),
-            Build::Migration(_) => (None, false, false),
+        let (hotplug_requested, load_payload, destination) = match &how {
+            Build::Boot { hotplug_requested } => (*hotplug_requested, true, false),
+            Build::Restore => (None, false, false),
+            Build::Migration(_) => (None, false, true),
         };
         let mut phases = BuildPhases::start();
         let kvm = Kvm::new().map_err(Error::KvmUnavailable)?;
@@ -213,7 +217,7 @@ impl Vm {
             &mut pci,
             &view.memory(),
             &console_dropped,
-            lock_disks,
+            destination,
         )?;
         let dma_targets = DmaTargets::default();
         let mem_device = match (cfg.memory.hotplug, hotplug_region, ram.hotplug_mapping()) {
@@ -310,6 +314,7 @@ impl Vm {
             view,
             ram_slots,
             disk_locks: host_side.disk_locks,
+            parked_taps: host_side.parked_taps,
             net_counters: host_side.net_counters,
             _socket_files: host_side.socket_files,
         })
@@ -542,6 +547,14 @@ impl Vm {
     /// migration's destination once the source has given them up).
     pub fn lock_disks(&self) -> Result<()> {
         self.disk_locks.iter().try_for_each(DiskLock::lock)
+    }
+
+    /// A migration's destination, once the source has paused: its TAP
+    /// queues join the TAP's traffic (they were parked since the build).
+    pub fn attach_taps(&self) -> Result<()> {
+        self.parked_taps
+            .iter()
+            .try_for_each(|q| q.attach().map_err(|e| Error::config("--net", e)))
     }
 }
 

@@ -141,8 +141,12 @@ pub fn add_vfio_devices(
     Ok(())
 }
 
-/// A virtio-net device on the TAP `n` names (opened or created now).
-fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
+/// A virtio-net device on the TAP `n` names (opened or created now); for a
+/// migration's destination its queues are parked into `parked`.
+fn open_net(
+    n: &crate::config::NetConfig,
+    parked: Option<&mut Vec<crate::tap::ParkedQueue>>,
+) -> Result<virtio::net::Net> {
     let tap = match &n.tap {
         Some(name) => {
             crate::tap::open_named(name, n.pairs(), n.ip.zip(n.mask), n.host_mac.map(|m| m.0))
@@ -157,6 +161,11 @@ fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
         tap.queues.len(),
         n.mac
     );
+    if let Some(parked) = parked {
+        for q in &tap.queues {
+            parked.push(q.park(&tap.name).map_err(|e| Error::config("--net", e))?);
+        }
+    }
     let options = virtio::net::NetOptions {
         mac: n.mac.0,
         queue_size: n.queue_size,
@@ -174,6 +183,9 @@ fn open_net(n: &crate::config::NetConfig) -> Result<virtio::net::Net> {
 pub struct VirtioHostSide {
     /// The disk images' locks.
     pub disk_locks: Vec<DiskLock>,
+    /// A migration's destination: its TAP queues, detached until the guest
+    /// runs here.
+    pub parked_taps: Vec<crate::tap::ParkedQueue>,
     /// Each network card's traffic counters, by device name.
     pub net_counters: Vec<(String, Arc<virtio::net::NetCounters>)>,
     /// Socket files the devices listen on, removed when dropped.
@@ -181,15 +193,18 @@ pub struct VirtioHostSide {
 }
 
 /// Creates the configured virtio devices on `pci`: disks, console, net, rng.
-/// The disk images' locks are taken unless `lock_disks` is false.
+/// For a migration's `destination` (the source still runs on the same
+/// disks and TAPs) the disk images are not locked and the TAP queues are
+/// parked ([`VirtioHostSide`]).
 pub fn add_virtio_devices(
     cfg: &VmConfig,
     pci: &mut PciSegment,
     mem: &virtio::DeviceMemory,
     console_dropped: &Arc<AtomicU64>,
-    lock_disks: bool,
+    destination: bool,
 ) -> Result<VirtioHostSide> {
     let mut locks = Vec::new();
+    let mut parked_taps = Vec::new();
     let mut net_counters = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         let file = std::fs::OpenOptions::new()
@@ -210,7 +225,7 @@ pub fn add_virtio_devices(
                     ),
                 )
             })?;
-        locks.push(DiskLock::new(&file, &d.path, d.readonly, !lock_disks)?);
+        locks.push(DiskLock::new(&file, &d.path, d.readonly, destination)?);
         let id = d.id.clone().unwrap_or_else(|| format!("caravel-disk{i}"));
         let disk = virtio::block::Disk::new(file, d.readonly, &id)
             .map_err(|e| Error::config("--disk", format!("{}: {e}", d.path.display())))?;
@@ -236,7 +251,7 @@ pub fn add_virtio_devices(
     }
     for (i, n) in cfg.net.iter().enumerate() {
         let name = n.id.clone().unwrap_or_else(|| format!("virtio-net{i}"));
-        let net = open_net(n)?;
+        let net = open_net(n, destination.then_some(&mut parked_taps))?;
         net_counters.push((name.clone(), net.counters()));
         pci.add_virtio(&name, Box::new(net), mem.clone())?;
     }
@@ -263,6 +278,7 @@ pub fn add_virtio_devices(
     }
     Ok(VirtioHostSide {
         disk_locks: locks,
+        parked_taps,
         net_counters,
         socket_files,
     })

@@ -233,6 +233,7 @@ impl Receiver<'_> {
                 let state: VmState = frame.json().map_err(bad)?;
                 state.check_version()?;
                 vm.lock_disks()?;
+                vm.attach_taps()?;
                 vm.restore_state(&state)?;
                 Ok(Step::Done(Box::new(vm.start()?)))
             }

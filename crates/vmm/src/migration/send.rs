@@ -82,14 +82,15 @@ impl Session {
                 vfio.join(", ")
             )));
         }
-        if !cfg.net.is_empty() {
-            // The destination would open the source's TAP while the source
-            // still holds it (and a TAP on another host is another wire).
-            return Err(Error::Migration(
-                "the VM has virtio-net devices, which cannot migrate yet (snapshot and \
-                 restore carry them)"
-                    .into(),
-            ));
+        if let Some(n) = cfg.net.iter().find(|n| n.tap.is_none()) {
+            // The destination opens each card's TAP by name (its queues
+            // parked until the guest runs there); descriptors the user
+            // passed to this process cannot be opened there.
+            return Err(Error::Migration(format!(
+                "the virtio-net device {} uses TAP descriptors passed with fd=, which the \
+                 destination cannot open: name the TAP (tap=NAME) to migrate it",
+                n.id.as_deref().unwrap_or("without an id")
+            )));
         }
         if cfg.vsock.is_some() {
             // The destination binds the same socket path, which the source
