@@ -13,6 +13,12 @@ for m in irqbypass ccp kvm kvm-amd tun tap vhost_iotlb vhost vhost_net vfio vfio
   [ -f /mod/$m.ko ] && { $B insmod /mod/$m.ko || echo "RIG| # insmod $m failed"; }
 done
 args=$($B sed -n 's/.*rig\.args=\([^ ]*\).*/\1/p' /proc/cmdline)
+# run.sh's kick: a byte every 2 s arrives on ttyS1 (its interrupt wakes a CPU
+# that QEMU left asleep with a timer pending); read and dropped, never echoed.
+if [ -c /dev/ttyS1 ] && ! $B grep -q 'rig.demo' /proc/cmdline; then
+  $B stty -F /dev/ttyS1 raw -echo 2>/dev/null
+  $B cat /dev/ttyS1 > /dev/null 2>&1 &
+fi
 if [ -c /dev/kvm ] && [ -f /rig-exec.sh ]; then
   echo; echo "RIG| --- rig-exec.sh:"
   sh /rig-exec.sh 2>&1 | $B sed 's/^/RIG| /'

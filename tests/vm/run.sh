@@ -24,6 +24,8 @@
 #        RIG_IDLE_TIMEOUT (seconds without console output that mean a wedge, default 240),
 #        RIG_CPU (outer -cpu, default EPYC,+svm,+npt), RIG_SMP (default 1), RIG_MEM (MiB, default 4096),
 #        RIG_ACCEL (outer -accel, default tcg; tcg,thread=single runs all outer vCPUs on one host thread),
+#        RIG_KICK (default 1: a byte every 2 s on the outer VM's ttyS1, which wakes a CPU that
+#        QEMU left asleep with a timer interrupt pending; 0 turns it off),
 #        RIG_APPEND (more outer kernel arguments, e.g. softlockup_all_cpu_backtrace=1 loglevel=7),
 #        RIG_MONITOR (a Unix socket path for the outer QEMU's monitor, default a temporary one:
 #        info cpus, info registers -a; on a wedge run.sh saves them and info lapic in
@@ -94,7 +96,7 @@ fi
 (cd "$ROOT" && find . | cpio --quiet -o -H newc) > "$ROOT.cpio" || die "packing the outer VM's initramfs failed"
 # The outer VM's whole console stays in $CARAVEL_CACHE/logs/rig-console.log
 # (kernel messages of a wedge included) until the next run.
-trap 'mkdir -p "$CACHE/logs"; cp "$RUN_LOG" "$CACHE/logs/rig-console.log" 2>/dev/null; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG" "$RUN_LOG.monitor"' EXIT
+trap 'mkdir -p "$CACHE/logs"; cp "$RUN_LOG" "$CACHE/logs/rig-console.log" 2>/dev/null; rm -rf "$ROOT" "$ROOT.cpio" "$RUN_LOG" "$RUN_LOG.monitor" "$RUN_LOG.kick".*; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 # The outer QEMU's monitor is always on a socket, so a wedge leaves evidence.
 RIG_MONITOR=${RIG_MONITOR:-$RUN_LOG.monitor}
 
@@ -151,9 +153,27 @@ boot_outer() {
   # The outer VM's console goes to RUN_LOG (line-buffered); a watchdog treats
   # RIG_IDLE_TIMEOUT seconds without output as a wedge and kills it.
   : > "$RUN_LOG"
+  # The kick: a byte every 2 s on the outer VM's second serial port (its
+  # /init reads ttyS1 and drops what comes). QEMU 7.2's TCG x86 sometimes
+  # leaves the outer kernel's LAPIC timer vector in IRR without waking the
+  # CPU; any other interrupt makes QEMU re-evaluate the LAPIC and deliver
+  # it (tests/vm/README.md, "Pitfalls"). RIG_KICK=0 turns it off.
+  local kick=$RUN_LOG.kick kicker=
+  local kick_serial=()
+  if [ "${RIG_KICK:-1}" != 0 ]; then
+    rm -f "$kick.in" "$kick.out"
+    mkfifo "$kick.in" "$kick.out"
+    kick_serial=(-serial "pipe:$kick")
+    # QEMU opens both ends read-write: neither open blocks; the output side
+    # is drained so that nothing the outer VM writes there can fill it.
+    ( exec 3<>"$kick.out"; cat <&3 > /dev/null ) &
+    local drain=$!
+    ( exec 3<>"$kick.in"; while sleep 2; do printf k >&3 || break; done ) &
+    kicker="$! $drain"
+  fi
   ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel "$RIG_ACCEL" -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
       "${MACHINE[@]}" ${RIG_MONITOR:+-monitor unix:$RIG_MONITOR,server=on,wait=off} \
-      -nographic -no-reboot -nodefaults -serial stdio -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
+      -nographic -no-reboot -nodefaults -serial stdio "${kick_serial[@]}" -kernel "$L1/vmlinux" -initrd "$ROOT.cpio" \
       -append "console=ttyS0 panic=-1 quiet rig.args=$ARGS rig.reboots=${RIG_REBOOTS:-30}$APPEND_EXTRA" 2>&1 | stdbuf -oL tr -d '\r' >> "$RUN_LOG" ) &
   local vm=$!
   tail -n +1 -f --pid=$vm "$RUN_LOG" | stdbuf -oL sed -n 's/^RIG| //p' &
@@ -172,7 +192,8 @@ boot_outer() {
   done
   wait $vm 2>/dev/null || true
   sleep 0.5
-  kill $relay 2>/dev/null || true
+  kill $relay $kicker 2>/dev/null || true
+  rm -f "$kick.in" "$kick.out"
 }
 
 # Names of the scenarios the last outer VM reported "not ok" / "ok".
