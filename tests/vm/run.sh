@@ -166,9 +166,11 @@ boot_outer() {
     kick_serial=(-serial "pipe:$kick")
     # QEMU opens both ends read-write: neither open blocks; the output side
     # is drained so that nothing the outer VM writes there can fill it.
-    ( exec 3<>"$kick.out"; cat <&3 > /dev/null ) &
+    # Neither helper keeps this script's stdout or stderr: a reader of them
+    # (scripts/test's tee) would otherwise wait for a helper left behind.
+    ( exec 3<>"$kick.out"; exec cat <&3 ) < /dev/null > /dev/null 2>&1 &
     local drain=$!
-    ( exec 3<>"$kick.in"; while sleep 2; do printf k >&3 || break; done ) &
+    ( exec 3<>"$kick.in"; while sleep 2; do printf k >&3 || break; done ) < /dev/null > /dev/null 2>&1 &
     kicker="$! $drain"
   fi
   ( timeout --foreground -k 10 "$RIG_TIMEOUT" "$QEMU" -accel "$RIG_ACCEL" -cpu "$RIG_CPU" -m "$RIG_MEM" -smp "$RIG_SMP" \
